@@ -1,0 +1,3 @@
+from r2d.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Command-line entry point: ``r2d <command> [options]``.
+
+Each subcommand lives in ``r2d.commands.<name>`` and defines ``add_args(parser)`` and
+``main(args)``. The module docstring's first line is the command's help; the rest is its
+description. Commands are registered from the explicit list below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from r2d.errors import UserError
+
+#: subcommand name -> module under r2d.commands
+COMMANDS = {
+    # ground truth
+    "phantom": "phantom",
+    "simulate": "simulate",
+    "evaluate": "evaluate",
+    # pipeline steps (one per Snakemake rule)
+    "invariants": "invariants",
+    "msa": "msa",
+    "project": "project",
+    "classify": "classify",
+    "average": "average",
+    "allrefs": "allrefs",
+    "aliref": "aliref",
+    "simmx": "simmx",
+    "check": "check",
+    # engine on its own
+    "align": "align",
+    "cmp": "cmp",
+    # outputs
+    "montage": "montage",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r2d", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"r2d.commands.{modname}")
+        except ModuleNotFoundError as exc:  # pragma: no cover - during development only
+            if exc.name == f"r2d.commands.{modname}":
+                continue
+            raise
+        doc = (mod.__doc__ or name).strip()
+        first, _, rest = doc.partition("\n")
+        p = sub.add_parser(
+            name,
+            help=first,
+            description=first + ("\n\n" + rest.strip() if rest.strip() else ""),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.add_args(p)
+        p.set_defaults(_main=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+        format="%(asctime)s r2d %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        rc = args._main(args)
+    except UserError as exc:
+        print(f"r2d {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``r2d`` subcommand; each defines ``add_args(parser)`` and ``main(args)``."""
