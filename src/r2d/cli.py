@@ -29,6 +29,7 @@ COMMANDS = {
     "allrefs": "allrefs",
     "aliref": "aliref",
     "simmx": "simmx",
+    "gather": "gather",
     "check": "check",
     # engine on its own
     "align": "align",

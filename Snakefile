@@ -1,0 +1,25 @@
+# r2d: reference-free 2D classification (EMAN2 e2refine2d.py) as a Snakemake workflow.
+#
+#   snakemake --cores 2 --workflow-profile workflow/profiles/local      # run
+#   snakemake -n                                                        # show the plan
+#   snakemake --report report.html                                      # HTML report
+#
+# Every numbered step of e2refine2d is one rule writing its named artifact under `path`.
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/init.smk"
+include: "workflow/rules/iteration.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,53 @@
+"""Iterative class averaging (steps 0f and 10: ``classes_init``, ``classes_YY``), as e2classaverage.
+
+Reads the particle stack and a ``classmx`` file (only its ``class`` column is used; every
+particle is realigned from scratch) and writes one average per non-empty class to an image
+stack. Headers: ``class_id``, ``ptcl_repr``, ``class_ptcl_idxs`` (input indices averaged),
+``exc_class_ptcl_idxs`` (members excluded by classkeep), ``class_ptcl_qual(_sigma)``.
+``--resultmx`` also writes the per-particle table (class, used, final transform, score).
+
+  $ r2d average particles.mrcs r2d_01/classmx_01.h5 -o r2d_01/classes_01.hdf --iter 5
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from r2d import io
+from r2d.average import class_averages
+from r2d.commands._classopts import add_class_args
+from r2d.commands._common import add_threads, read_particles
+
+
+def add_args(p):
+    p.add_argument("input", help="particle stack")
+    p.add_argument("classmx", help="classmx file (.h5)")
+    p.add_argument("-o", "--output", required=True, help="class averages (.hdf)")
+    p.add_argument("--resultmx", help="also write the per-particle result table (.h5)")
+    add_class_args(p)
+    add_threads(p)
+
+
+def main(args):
+    stack = io.open_stack(args.input)
+    cmx = io.read_matrix(args.classmx)
+    particle = cmx["particle"]
+    parts = read_particles(stack, particle)
+    res = class_averages(
+        parts, cmx["class"], iterations=args.iter, keep=args.keep, keepsig=args.keepsig, aligner=args.align,
+        aligncmp=args.aligncmp, ralign=args.ralign, raligncmp=args.raligncmp, cmp=args.cmp,
+        averager=args.averager, normproc=args.normproc, center=args.center, automask=args.automask,
+        maxshift=args.maxshift, apix=stack.pixel_size, workers=args.threads,
+    )
+    headers = res.headers()
+    for h in headers:  # indices into the input stack, not into the rows of classmx
+        h["class_ptcl_idxs"] = particle[h["class_ptcl_idxs"]]
+        h["exc_class_ptcl_idxs"] = particle[h["exc_class_ptcl_idxs"]]
+        h["class_ptcl_src"] = str(args.input)
+    io.write_image_stack(args.output, res.averages, headers, pixel_size=stack.pixel_size)
+    if args.resultmx:
+        io.write_matrix(args.resultmx, {
+            "class": res.label.astype(np.int32), "used": res.used.astype(np.int8), "particle": particle,
+            "dx": res.tx.astype(np.float32), "dy": res.ty.astype(np.float32),
+            "dalpha": res.alpha.astype(np.float32), "mirror": res.mirror.astype(np.float32),
+            "score": res.score.astype(np.float32)}, {"artifact": "resultmx"})

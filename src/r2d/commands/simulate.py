@@ -1,0 +1,186 @@
+"""Simulate noisy particle images of a map (or the phantom) with known ground truth.
+
+Writes to OUTDIR:
+
+* ``particles.mrcs``: the images, MRC stack (float32, voxel size = pixel size);
+* ``particles.star``: RELION 3.1 STAR (``data_optics`` + ``data_particles``): ``rlnImageName``
+  (``000001@particles.mrcs``, 1-based), ``rlnOpticsGroup``, ``rlnDefocusU/V/Angle`` (with a CTF);
+  optics: ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``,
+  ``rlnImagePixelSize``, ``rlnImageSize``, ``rlnImageDimensionality``,
+  ``rlnCtfDataArePhaseFlipped`` (1 with ``--ctf flip``) and ``rlnCtfDataAreCtfPremultiplied``
+  (always 0: in RELION that flag means "multiplied by the CTF", which phase flipping is not).
+  The true angles and shifts are *not* in the STAR file, so a classifier cannot see them;
+* ``truth.tsv``: one row per particle, tab-separated, columns ``index rot tilt psi view_x
+  view_y view_z shift_x shift_y defocus_u defocus_v defocus_angle junk`` (see
+  ``r2d.simulate``: RELION Euler angles in degrees, unit viewing direction in the map frame,
+  shift in px of the particle centre from the box centre, defocus in Å, junk flag);
+* ``clean.mrcs``: the noise-free images (with ``--write-clean``).
+
+Example::
+
+    r2d simulate --map ribosome.mrc --apix 5 --n 2000 --box 64 --snr 0.1 --shift 3 \\
+        --ctf flip --defocus 10000 30000 --seed 1 -o sim
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import starfile
+
+from r2d.errors import ConfigError, InputError
+from r2d.io import atomic_write, write_mrcs
+from r2d.phantom import phantom_volume
+from r2d.simulate import simulate
+
+log = logging.getLogger(__name__)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--map", metavar="MAP.mrc", help="cubic density map to project")
+    src.add_argument("--phantom", action="store_true", help="project the built-in phantom instead")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    parser.add_argument("--n", type=int, default=2000, help="number of particles (default 2000)")
+    parser.add_argument("--box", type=int, default=64, help="image box in px, even (default 64)")
+    parser.add_argument("--apix", type=float, default=None,
+                        help="pixel size in Å; required when the map header has none, must match "
+                             "it otherwise (default: the header's; 5.0 for --phantom)")
+    parser.add_argument("--snr", type=float, default=0.1,
+                        help="signal variance / noise variance over the box (default 0.1)")
+    parser.add_argument("--shift", type=float, default=0.0,
+                        help="maximum shift in px, uniform in [-SHIFT, SHIFT] per axis (default 0)")
+    parser.add_argument("--ctf", choices=("none", "flip", "full"), default="flip",
+                        help="none, phase-flipped (|CTF|) or full CTF (default flip)")
+    parser.add_argument("--defocus", type=float, nargs=2, default=(1e4, 3e4), metavar=("MIN", "MAX"),
+                        help="mean defocus range in Å, underfocus positive (default 10000 30000)")
+    parser.add_argument("--astigmatism", type=float, default=500.0,
+                        help="maximum defocus U - V in Å (default 500)")
+    parser.add_argument("--voltage", type=float, default=300.0, help="kV (default 300)")
+    parser.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm (default 2.7)")
+    parser.add_argument("--amp-contrast", type=float, default=0.1, help="amplitude contrast (default 0.1)")
+    parser.add_argument("--junk", type=float, default=0.0,
+                        help="fraction of junk images (pure noise or random blobs; default 0)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    parser.add_argument("--write-clean", action="store_true", help="also write clean.mrcs (no noise)")
+
+
+def read_map(path: str, apix: float | None) -> tuple[np.ndarray, float]:
+    """Read a cubic MRC map read-only; return ``(volume float32 (m, m, m), pixel size in Å)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: map not found (working directory {Path.cwd()}); check the path")
+    try:
+        with mrcfile.open(p, mode="r", permissive=True) as mrc:
+            if mrc.data is None:
+                raise InputError(f"{p}: not a readable MRC map (bad header); check the file")
+            vol = np.asarray(mrc.data, dtype=np.float32).copy()
+            header_apix = float(mrc.voxel_size.x)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{p}: cannot read as MRC ({exc})") from None
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise InputError(f"{p}: map must be a cubic 3-D volume, got shape {vol.shape}; "
+                         "pad or resample it to a cube")
+    if not np.isfinite(vol).all():
+        raise InputError(f"{p}: map contains NaN or infinite values")
+    if header_apix > 0:
+        if apix is not None and abs(apix - header_apix) > 1e-3 * header_apix:
+            raise ConfigError(f"--apix {apix} differs from the voxel size {header_apix:g} Å in the "
+                              f"header of {p}; r2d does not resample: omit --apix or resample the map")
+        return vol, header_apix
+    if apix is None:
+        raise ConfigError(f"{p}: the header has no voxel size; give the pixel size with --apix")
+    log.warning("%s: header has no voxel size; using --apix %g Å", p, apix)
+    return vol, float(apix)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n}: need at least one particle")
+    if args.box < 8 or args.box % 2:
+        raise ConfigError(f"--box {args.box}: must be an even number of at least 8 px")
+    if args.apix is not None and not args.apix > 0:
+        raise ConfigError(f"--apix {args.apix}: must be a positive pixel size in Å")
+    if not args.snr > 0:
+        raise ConfigError(f"--snr {args.snr}: must be > 0")
+    if not 0 <= args.shift < args.box / 2:
+        raise ConfigError(f"--shift {args.shift}: must be in [0, box/2)")
+    lo, hi = args.defocus
+    if not 0 < lo <= hi:
+        raise ConfigError(f"--defocus {lo:g} {hi:g}: need 0 < MIN <= MAX (Å, underfocus positive)")
+    if args.astigmatism < 0:
+        raise ConfigError(f"--astigmatism {args.astigmatism}: must be >= 0")
+    if not 0 <= args.amp_contrast < 1:
+        raise ConfigError(f"--amp-contrast {args.amp_contrast}: must be in [0, 1)")
+    if not args.voltage > 0 or args.cs < 0:
+        raise ConfigError("--voltage must be > 0 and --cs >= 0")
+    if not 0 <= args.junk <= 1:
+        raise ConfigError(f"--junk {args.junk}: must be a fraction in [0, 1]")
+
+
+def star_tables(truth: pd.DataFrame, stack_name: str, box: int, apix: float, ctf: str | None,
+                voltage: float, cs: float, amp_contrast: float) -> dict[str, pd.DataFrame]:
+    """RELION 3.1 ``optics`` and ``particles`` tables for a simulated stack."""
+    optics = pd.DataFrame({
+        "rlnOpticsGroupName": ["opticsGroup1"],
+        "rlnOpticsGroup": [1],
+        "rlnVoltage": [voltage],
+        "rlnSphericalAberration": [cs],
+        "rlnAmplitudeContrast": [amp_contrast],
+        "rlnImagePixelSize": [apix],
+        "rlnImageSize": [box],
+        "rlnImageDimensionality": [2],
+        "rlnCtfDataArePhaseFlipped": [int(ctf == "flip")],
+        "rlnCtfDataAreCtfPremultiplied": [0],
+    })
+    n = len(truth)
+    particles = pd.DataFrame({
+        "rlnImageName": [f"{i + 1:06d}@{stack_name}" for i in range(n)],
+        "rlnOpticsGroup": np.ones(n, dtype=int),
+    })
+    if ctf is not None:
+        particles["rlnDefocusU"] = truth["defocus_u"].to_numpy()
+        particles["rlnDefocusV"] = truth["defocus_v"].to_numpy()
+        particles["rlnDefocusAngle"] = truth["defocus_angle"].to_numpy()
+    return {"optics": optics, "particles": particles}
+
+
+def main(args: argparse.Namespace) -> int:
+    _check(args)
+    if args.phantom:
+        apix = 5.0 if args.apix is None else float(args.apix)
+        size = max(args.box, 2 * int(np.ceil(160.0 / apix)))  # whole ~300 Å particle, even
+        vol, source = phantom_volume(size, apix), "phantom"
+    else:
+        vol, apix = read_map(args.map, args.apix)
+        source = args.map
+    ctf = None if args.ctf == "none" else args.ctf
+    t0 = time.perf_counter()
+    images, truth, clean = simulate(
+        vol, args.n, args.box, apix, snr=args.snr, shift_max=args.shift, ctf=ctf,
+        defocus=tuple(args.defocus), astigmatism=args.astigmatism, voltage=args.voltage,
+        cs=args.cs, amp_contrast=args.amp_contrast, seed=args.seed, junk_fraction=args.junk,
+        return_clean=True,
+    )
+    log.info("simulated %d images of %d px from %s in %.1f s", args.n, args.box, source,
+             time.perf_counter() - t0)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_mrcs(out / "particles.mrcs", images, apix)
+    tables = star_tables(truth, "particles.mrcs", args.box, apix, ctf, args.voltage, args.cs,
+                         args.amp_contrast)
+    with atomic_write(out / "particles.star") as tmp:
+        starfile.write(tables, tmp, float_format="%.6f")
+    with atomic_write(out / "truth.tsv") as tmp:
+        truth.to_csv(tmp, sep="\t", index=False)
+    if args.write_clean:
+        write_mrcs(out / "clean.mrcs", clean, apix)
+    log.info("wrote %s/particles.mrcs, particles.star, truth.tsv%s", out,
+             ", clean.mrcs" if args.write_clean else "")
+    return 0

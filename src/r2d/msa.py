@@ -1,0 +1,123 @@
+"""MSA: PCA basis (``e2msa.py --normalize --nbasis=B``, algorithm.md §3.4) and projection
+onto it (``e2basis.py project/projectrot``, §3.5).
+
+Vectors are flattened images, one per row. Both steps are plain BLAS/LAPACK work (one SVD,
+one matmul); no loop over vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from r2d.errors import ConfigError
+
+__all__ = ["Basis", "pca_basis", "project", "unit_rows"]
+
+# Exact (LAPACK) SVD while its cost N*D*min(N, D) stays below this (about a second);
+# beyond it the randomized solver, seeded, is used.
+FULL_SVD_MAX_COST = 2e9
+
+
+@dataclass(frozen=True)
+class Basis:
+    """A PCA basis as written by e2msa: ``mean`` (D,) (image 0, ``eigval=0``) and ``components``
+    (B, D) unit rows sorted by explained variance (images 1..B), with ``singular_values`` (B,)
+    (header ``eigval``) and ``explained_variance_ratio`` (B,) (header ``explvarfrac``).
+    Arrays are float32."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    singular_values: np.ndarray
+    explained_variance_ratio: np.ndarray
+
+    @property
+    def nbasis(self) -> int:
+        return int(self.components.shape[0])
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """``x / ||x||_2`` for every row (float64 copy); zero rows stay zero (EMAN2 ``normalize.unitlen``)."""
+    x = np.array(vectors, dtype=np.float64, copy=True)
+    norms = np.linalg.norm(x, axis=1)
+    norms[norms == 0] = 1.0
+    x /= norms[:, None]
+    return x
+
+
+def pca_basis(vectors: np.ndarray, nbasis: int, *, seed: int = 0, what: str = "input vectors",
+              option: str = "nbasisfp") -> Basis:
+    """PCA basis of ``vectors`` (N, D) with ``nbasis`` components (e2msa ``--normalize``, mode pca).
+
+    Rows are unit-normalised (zero rows stay zero), the mean is subtracted, then
+    ``sklearn.decomposition.PCA``: ``svd_solver='full'`` (exact, deterministic LAPACK SVD) when
+    ``N*D*min(N, D) <= FULL_SVD_MAX_COST``, else ``'randomized'`` with ``random_state=seed``
+    (fast, accurate for the leading components, reproducible). Component signs are fixed so that each component's largest-magnitude
+    entry is positive. ``what``/``option`` only word the error message. Raises ``ConfigError``
+    when ``nbasis`` exceeds ``min(N, D)``.
+    """
+    x = np.asarray(vectors)
+    if x.ndim != 2:
+        raise ValueError(f"pca_basis needs a 2-D array (N, D); got shape {x.shape}")
+    N, D = x.shape
+    nbasis = int(nbasis)
+    if nbasis < 1:
+        raise ConfigError(f"{option}={nbasis} must be at least 1")
+    if nbasis > N:
+        raise ConfigError(f"{option}={nbasis} exceeds the number of {what} ({N}); "
+                          f"lower {option} or raise ncls")
+    if nbasis > D:
+        raise ConfigError(f"{option}={nbasis} exceeds the vector length ({D}); lower {option}")
+    xn = unit_rows(x)
+    if float(N) * D * min(N, D) <= FULL_SVD_MAX_COST:
+        pca = PCA(n_components=nbasis, svd_solver="full")
+    else:
+        pca = PCA(n_components=nbasis, svd_solver="randomized", random_state=seed)
+    pca.fit(xn)
+    comps = np.array(pca.components_, dtype=np.float64)
+    cn = np.linalg.norm(comps, axis=1, keepdims=True)
+    cn[cn == 0] = 1.0
+    comps /= cn
+    big = np.argmax(np.abs(comps), axis=1)
+    signs = np.sign(comps[np.arange(nbasis), big])
+    signs[signs == 0] = 1.0
+    comps *= signs[:, None]
+    return Basis(
+        mean=np.asarray(pca.mean_, dtype=np.float32),
+        components=comps.astype(np.float32),
+        singular_values=np.asarray(pca.singular_values_, dtype=np.float32),
+        explained_variance_ratio=np.asarray(pca.explained_variance_ratio_, dtype=np.float32),
+    )
+
+
+def project(vectors: np.ndarray, basis: Basis, *, normproj: bool) -> np.ndarray:
+    """Project ``vectors`` (N, D) onto ``basis`` (e2basis ``project``/``projectrot`` maths, §3.5).
+
+    ``x̂ = x/||x||`` (no mean subtraction; zero rows stay zero), ``y = x̂ - mean``,
+    ``p = (1/D) y · componentsᵀ``; with ``normproj`` each ``p`` is scaled to unit length (zero
+    rows stay zero). Returns (N, B) float32. One matmul, computed as
+    ``(x·Cᵀ)/||x|| - mean·Cᵀ`` so the input is never copied.
+    """
+    x = np.asarray(vectors)
+    if x.ndim != 2 or x.shape[1] != basis.mean.shape[0]:
+        raise ValueError(f"project: vectors of shape {x.shape} do not match a basis of length "
+                         f"{basis.mean.shape[0]}")
+    D = x.shape[1]
+    dt = np.result_type(x.dtype, np.float32)
+    if not np.issubdtype(dt, np.floating):
+        dt = np.float64
+    x = x.astype(dt, copy=False)
+    c = basis.components.astype(dt)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    norms[norms == 0] = 1.0
+    p = (x @ c.T).astype(np.float64)
+    p /= norms[:, None]
+    p -= basis.mean.astype(np.float64) @ basis.components.astype(np.float64).T
+    p /= D
+    if normproj:
+        pn = np.linalg.norm(p, axis=1)
+        pn[pn == 0] = 1.0
+        p /= pn[:, None]
+    return p.astype(np.float32)

@@ -1,0 +1,375 @@
+"""Simulated particle images with exactly known views, shifts, CTF and junk flags.
+
+Conventions (RELION's, so the truth can be written to a STAR file as is):
+
+* Volumes are ``vol[z, y, x]`` with centre voxel ``m // 2``; images are ``img[y, x]`` with
+  centre pixel ``box // 2``. Coordinates are in pixels relative to those centres.
+* A rotation ``A`` (3x3) maps volume coordinates to image coordinates,
+  ``r_image = A @ r_volume``; the projection is ``P(x, y) = integral V(A.T @ (x, y, z)) dz``.
+  ``A = Rz(psi) @ Ry(tilt) @ Rz(rot)`` with ``Rz(a) = [[c, s, 0], [-s, c, 0], [0, 0, 1]]`` and
+  ``Ry(b) = [[c, 0, -s], [0, 1, 0], [s, 0, c]]`` -- RELION's ``Euler_angles2matrix``.
+* The viewing direction is ``d = A.T @ (0, 0, 1) = A[2] =
+  (sin tilt cos rot, sin tilt sin rot, cos tilt)`` in the volume frame (x, y, z): the direction
+  along which the projection integrates. ``psi`` is the in-plane rotation.
+* A shift ``(shift_x, shift_y)`` moves the projected particle centre from ``(c, c)`` to
+  ``(c + shift_x, c + shift_y)``: ``image(x, y) = P(x - shift_x, y - shift_y)``. (RELION's
+  ``rlnOriginX/Y`` that re-centres it would be the negative.)
+
+Projection uses the Fourier-slice theorem: the volume is zero-padded to ``M = 2 * max(m, box)``
+and Fourier transformed once; each central slice ``F(A.T @ (kx, ky, 0))`` is sampled by cubic
+B-spline interpolation of the real and imaginary parts (periodic; accurate to ~1e-3 against a
+real-space projection, where trilinear interpolation is off by 1-7 % towards the box edge),
+band-limited to Nyquist, shifted (phase ramp) and CTF-filtered on the padded ``M x M`` grid (as
+on a micrograph: no wrap-around inside the box), inverse transformed and cropped to ``box``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from r2d.ctf import ctf_2d
+
+__all__ = [
+    "euler_to_matrix",
+    "matrix_to_euler",
+    "random_rotations",
+    "view_directions",
+    "Projector",
+    "project",
+    "draw_truth",
+    "truth_rotations",
+    "render",
+    "simulate",
+    "TRUTH_COLUMNS",
+]
+
+#: columns of the truth table, in order
+TRUTH_COLUMNS = [
+    "index", "rot", "tilt", "psi", "view_x", "view_y", "view_z", "shift_x", "shift_y",
+    "defocus_u", "defocus_v", "defocus_angle", "junk",
+]
+
+
+# --------------------------------------------------------------------------- rotations
+def euler_to_matrix(rot, tilt, psi) -> np.ndarray:
+    """RELION ZYZ Euler angles (degrees, scalars or length-N arrays) -> ``(N, 3, 3)`` float64."""
+    a, b, g = (np.deg2rad(np.atleast_1d(np.asarray(t, dtype=np.float64))) for t in (rot, tilt, psi))
+    a, b, g = np.broadcast_arrays(a, b, g)
+    ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
+    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
+    m = np.empty(a.shape + (3, 3))
+    m[..., 0, 0] = cg * cc - sg * sa
+    m[..., 0, 1] = cg * cs + sg * ca
+    m[..., 0, 2] = -cg * sb
+    m[..., 1, 0] = -sg * cc - cg * sa
+    m[..., 1, 1] = -sg * cs + cg * ca
+    m[..., 1, 2] = sg * sb
+    m[..., 2, 0] = sc
+    m[..., 2, 1] = ss
+    m[..., 2, 2] = cb
+    return m
+
+
+def matrix_to_euler(mats) -> np.ndarray:
+    """``(N, 3, 3)`` rotation matrices -> ``(N, 3)`` RELION Euler angles ``(rot, tilt, psi)``
+    in degrees, ``tilt`` in [0, 180], ``rot`` and ``psi`` in (-180, 180]; ``rot = 0`` when
+    ``tilt`` is 0 or 180 (gimbal lock)."""
+    m = np.asarray(mats, dtype=np.float64).reshape(-1, 3, 3)
+    tilt = np.arccos(np.clip(m[:, 2, 2], -1.0, 1.0))
+    sb = np.hypot(m[:, 0, 2], m[:, 1, 2])
+    regular = sb > 1e-9
+    rot = np.where(regular, np.arctan2(m[:, 2, 1], m[:, 2, 0]), 0.0)
+    psi_regular = np.arctan2(m[:, 1, 2], -m[:, 0, 2])
+    psi_lock = np.arctan2(m[:, 0, 1], np.where(m[:, 2, 2] > 0, m[:, 0, 0], -m[:, 0, 0]))
+    psi = np.where(regular, psi_regular, psi_lock)
+    return np.rad2deg(np.column_stack([rot, tilt, psi]))
+
+
+def random_rotations(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rotations uniform on SO(3) (normalised Gaussian quaternions).
+
+    ``rng`` is a ``numpy.random.Generator`` or an integer seed. Returns ``(matrices (n, 3, 3)
+    float64, angles (n, 3) float64)`` with ``matrices == euler_to_matrix(*angles.T)``.
+    """
+    rng = np.random.default_rng(rng)
+    q = rng.normal(size=(n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    m = np.empty((n, 3, 3))
+    m[:, 0, 0] = 1 - 2 * (y * y + z * z)
+    m[:, 0, 1] = 2 * (x * y - z * w)
+    m[:, 0, 2] = 2 * (x * z + y * w)
+    m[:, 1, 0] = 2 * (x * y + z * w)
+    m[:, 1, 1] = 1 - 2 * (x * x + z * z)
+    m[:, 1, 2] = 2 * (y * z - x * w)
+    m[:, 2, 0] = 2 * (x * z - y * w)
+    m[:, 2, 1] = 2 * (y * z + x * w)
+    m[:, 2, 2] = 1 - 2 * (x * x + y * y)
+    angles = matrix_to_euler(m)
+    return euler_to_matrix(*angles.T), angles
+
+
+def view_directions(mats) -> np.ndarray:
+    """Viewing directions (unit vectors in the volume frame) of ``(N, 3, 3)`` rotations: ``A[:, 2]``."""
+    return np.asarray(mats, dtype=np.float64).reshape(-1, 3, 3)[:, 2, :].copy()
+
+
+# --------------------------------------------------------------------------- projection
+def _n_threads() -> int:
+    """Worker threads for interpolation: the CPUs this process may use (at most 8)."""
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+class Projector:
+    """Fourier-slice projector of one cubic volume ``(m, m, m)``; build once, project often.
+
+    ``pad`` is the padded size ``M`` (default ``2 * m``; ``slices``/``to_images`` work on
+    ``M x M`` images, so give ``pad >= 2 * box`` when projecting to a box larger than ``m``).
+    """
+
+    def __init__(self, volume, pad: int | None = None):
+        vol = np.asarray(volume, dtype=np.float64)
+        if vol.ndim != 3 or len(set(vol.shape)) != 1:
+            raise ValueError(f"volume must be cubic (m, m, m), got shape {vol.shape}")
+        m = vol.shape[0]
+        big = int(pad) if pad else 2 * m
+        big += big % 2
+        if big < m:
+            raise ValueError(f"pad {big} smaller than the volume {m}")
+        self.m, self.size = m, big
+        c = big // 2
+        o = c - m // 2
+        padded = np.zeros((big, big, big))
+        padded[o:o + m, o:o + m, o:o + m] = vol
+        f3 = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(padded)))
+        # cubic B-spline coefficients of the (periodic) transform, real and imaginary parts
+        self._re = ndimage.spline_filter(f3.real, order=3, mode="grid-wrap", output=np.float32)
+        self._im = ndimage.spline_filter(f3.imag, order=3, mode="grid-wrap", output=np.float32)
+        ky = np.fft.fftfreq(big) * big
+        kx = np.fft.rfftfreq(big) * big
+        self._kx, self._ky = np.meshgrid(kx, ky)  # (M, M//2+1), rfft2 layout
+        self._inside = (self._kx**2 + self._ky**2) < (big / 2) ** 2
+        self._kx_in = self._kx[self._inside]
+        self._ky_in = self._ky[self._inside]
+
+    def slices(self, rotations) -> np.ndarray:
+        """Central slices for ``(B, 3, 3)`` rotations: ``(B, M, M//2 + 1)`` complex128, ``rfft2``
+        layout, origin (image centre) at index 0; zero beyond Nyquist."""
+        a = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+        c = self.size // 2
+        # k3 = A.T @ (kx, ky, 0) = kx * A[0] + ky * A[1]; array axes are (z, y, x)
+        k3 = (self._kx_in[None, :, None] * a[:, None, 0, :]
+              + self._ky_in[None, :, None] * a[:, None, 1, :])  # (B, P, 3) as (x, y, z)
+        coords = np.stack([k3[..., 2], k3[..., 1], k3[..., 0]]).reshape(3, -1) + c
+        vals = np.empty(coords.shape[1], dtype=np.complex64)
+        chunks = np.array_split(np.arange(coords.shape[1]), _n_threads())
+
+        def work(part, idx):  # scipy.ndimage releases the GIL: threads scale
+            src = self._re if part == 0 else self._im
+            res = ndimage.map_coordinates(src, coords[:, idx], order=3, mode="grid-wrap",
+                                          prefilter=False, output=np.float32)
+            (vals.real if part == 0 else vals.imag)[idx] = res
+
+        with ThreadPoolExecutor(max_workers=_n_threads()) as pool:
+            list(pool.map(lambda job: work(*job), [(p, i) for p in (0, 1) for i in chunks]))
+        out = np.zeros((a.shape[0],) + self._kx.shape, dtype=np.complex128)
+        out[:, self._inside] = vals.reshape(a.shape[0], -1)
+        return out
+
+    def to_images(self, slices, box: int) -> np.ndarray:
+        """Inverse-transform ``(B, M, M//2+1)`` slices; crop ``(B, box, box)`` float32 at the centre."""
+        full = np.fft.irfft2(slices, s=(self.size, self.size))
+        idx = (np.arange(box) - box // 2) % self.size
+        return full[:, idx][:, :, idx].astype(np.float32)
+
+    def project(self, rotations, box: int, batch: int = 256) -> np.ndarray:
+        """Projections ``(N, box, box)`` float32 for ``(N, 3, 3)`` rotations."""
+        a = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+        out = np.empty((a.shape[0], box, box), dtype=np.float32)
+        for s in range(0, a.shape[0], batch):
+            out[s:s + batch] = self.to_images(self.slices(a[s:s + batch]), box)
+        return out
+
+
+def project(volume, rotations, box: int, batch: int = 256) -> np.ndarray:
+    """Projections of a cubic ``volume`` for ``(N, 3, 3)`` rotations: ``(N, box, box)`` float32."""
+    m = np.shape(volume)[0]
+    return Projector(volume, pad=2 * max(m, box)).project(rotations, box, batch)
+
+
+# --------------------------------------------------------------------------- truth and rendering
+def draw_truth(
+    n: int,
+    rng,
+    *,
+    shift_max: float = 0.0,
+    ctf: str | None = None,
+    defocus=(1e4, 3e4),
+    astigmatism: float = 500.0,
+    junk_fraction: float = 0.0,
+) -> pd.DataFrame:
+    """Random per-particle truth (see ``TRUTH_COLUMNS``; angles in degrees, shifts in px,
+    defocus in A).
+
+    Views uniform on SO(3); shifts uniform in ``[-shift_max, shift_max]``; mean defocus uniform
+    in ``defocus`` (min, max), ``defocus_u - defocus_v`` uniform in ``[0, astigmatism]``,
+    ``defocus_angle`` uniform in [0, 180). Without CTF the defocus columns are 0. A random
+    ``round(junk_fraction * n)`` particles are junk: their angles and view columns are NaN.
+    """
+    rng = np.random.default_rng(rng)
+    _, ang = random_rotations(n, rng)
+    view = view_directions(euler_to_matrix(*ang.T))
+    shifts = rng.uniform(-shift_max, shift_max, size=(n, 2)) if shift_max > 0 else np.zeros((n, 2))
+    if ctf is None:
+        du = dv = dang = np.zeros(n)
+    else:
+        lo, hi = float(defocus[0]), float(defocus[1])
+        mean = rng.uniform(lo, hi, n)
+        half = rng.uniform(0.0, astigmatism, n) / 2
+        du, dv = mean + half, mean - half
+        dang = rng.uniform(0.0, 180.0, n)
+    junk = np.zeros(n, dtype=bool)
+    n_junk = int(round(junk_fraction * n))
+    if n_junk:
+        junk[rng.choice(n, size=n_junk, replace=False)] = True
+    ang[junk] = np.nan
+    view[junk] = np.nan
+    return pd.DataFrame({
+        "index": np.arange(n), "rot": ang[:, 0], "tilt": ang[:, 1], "psi": ang[:, 2],
+        "view_x": view[:, 0], "view_y": view[:, 1], "view_z": view[:, 2],
+        "shift_x": shifts[:, 0], "shift_y": shifts[:, 1],
+        "defocus_u": du, "defocus_v": dv, "defocus_angle": dang, "junk": junk,
+    })[TRUTH_COLUMNS]
+
+
+def truth_rotations(truth: pd.DataFrame) -> np.ndarray:
+    """``(N, 3, 3)`` rotation matrices of a truth table's rows (NaN for junk rows)."""
+    return euler_to_matrix(truth["rot"].to_numpy(), truth["tilt"].to_numpy(), truth["psi"].to_numpy())
+
+
+def _junk_images(n: int, size: int, box: int, scale: float, rng) -> np.ndarray:
+    """``(n, size, size)`` junk: half pure noise (zero signal), half 2-6 random 2-D Gaussian
+    blobs within ``box / 4`` of the centre, scaled to standard deviation ``scale`` over the box."""
+    out = np.zeros((n, size, size))
+    c = size // 2
+    yy, xx = np.mgrid[:size, :size] - c
+    crop = slice(c - box // 2, c - box // 2 + box)
+    for i in range(n):
+        if rng.random() < 0.5:
+            continue
+        img = out[i]
+        for _ in range(rng.integers(2, 7)):
+            x0, y0 = rng.uniform(-box / 4, box / 4, 2)
+            sx, sy = rng.uniform(1.5, max(2.0, box / 10), 2)
+            arg = (xx - x0) ** 2 / (2 * sx * sx) + (yy - y0) ** 2 / (2 * sy * sy)
+            img += rng.uniform(0.3, 1.0) * np.exp(-arg)
+        img *= scale / max(img[crop, crop].std(), 1e-12)
+    return out
+
+
+def render(
+    volume,
+    truth: pd.DataFrame,
+    box: int,
+    pixel_size: float,
+    *,
+    ctf: str | None = None,
+    voltage: float = 300.0,
+    cs: float = 2.7,
+    amp_contrast: float = 0.1,
+    seed: int = 0,
+    batch: int = 256,
+) -> np.ndarray:
+    """Noise-free images ``(N, box, box)`` float32 for a truth table (``draw_truth``).
+
+    Particle rows: projection, shift, then CTF (``ctf``: None, ``"flip"`` = multiply by |CTF|,
+    ``"full"`` = multiply by CTF), all on the padded grid before cropping. Junk rows get
+    ``_junk_images`` (drawn from ``seed``) through the same shift and CTF. Same truth and seed,
+    same images.
+    """
+    if ctf not in (None, "flip", "full"):
+        raise ValueError(f"ctf must be None, 'flip' or 'full', not {ctf!r}")
+    m = np.shape(volume)[0]
+    proj = Projector(volume, pad=2 * max(m, box))
+    big = proj.size
+    n = len(truth)
+    rots = truth_rotations(truth)
+    junk = truth["junk"].to_numpy(dtype=bool)
+    shifts = truth[["shift_x", "shift_y"]].to_numpy(dtype=np.float64)
+    fy = np.fft.fftfreq(big)[:, None]
+    fx = np.fft.rfftfreq(big)[None, :]
+
+    if junk.any():  # junk drawn row by row in order: independent of the batch size
+        junk_rng = np.random.default_rng([seed, 1])
+        scale = float(proj.project(np.eye(3)[None], box)[0].std())
+
+    out = np.empty((n, box, box), dtype=np.float32)
+    for s in range(0, n, batch):
+        rows = np.arange(s, min(n, s + batch))
+        jb = junk[rows]
+        ft = np.zeros((len(rows), big, big // 2 + 1), dtype=np.complex128)
+        if (~jb).any():
+            ft[~jb] = proj.slices(rots[rows[~jb]])
+        if jb.any():
+            blobs = _junk_images(int(jb.sum()), big, box, scale, junk_rng)
+            ft[jb] = np.fft.rfft2(np.fft.ifftshift(blobs, axes=(-2, -1)))
+        sx, sy = shifts[rows, 0], shifts[rows, 1]
+        ft *= np.exp(-2j * np.pi * fx[None] * sx[:, None, None])  # separable phase ramp
+        ft *= np.exp(-2j * np.pi * fy[None] * sy[:, None, None])
+        if ctf is not None:
+            t = truth.iloc[rows]
+            c = ctf_2d(big, pixel_size, t["defocus_u"].to_numpy(), t["defocus_v"].to_numpy(),
+                       t["defocus_angle"].to_numpy(), voltage=voltage, cs=cs,
+                       amp_contrast=amp_contrast, rfft=True)
+            ft *= np.abs(c) if ctf == "flip" else c
+        out[rows] = proj.to_images(ft, box)
+    return out
+
+
+def simulate(
+    volume,
+    n: int,
+    box: int,
+    pixel_size: float,
+    *,
+    snr: float,
+    shift_max: float = 0.0,
+    ctf: str | None = None,
+    defocus=(1e4, 3e4),
+    astigmatism: float = 500.0,
+    voltage: float = 300.0,
+    cs: float = 2.7,
+    amp_contrast: float = 0.1,
+    seed: int = 0,
+    junk_fraction: float = 0.0,
+    return_clean: bool = False,
+):
+    """Simulate ``n`` noisy particle images of ``volume`` (cubic, ``pixel_size`` A/voxel).
+
+    Returns ``(images (n, box, box) float32, truth DataFrame)`` (plus the noise-free images when
+    ``return_clean``). White Gaussian noise has variance ``mean_i var(clean_i) / snr``, the
+    variance of each noise-free image over the whole box averaged over the non-junk particles.
+    The truth comes from ``draw_truth(n, default_rng([seed, 0]), ...)``, junk content from
+    ``render(..., seed=seed)``, noise from ``default_rng([seed, 2])``.
+    """
+    if snr <= 0:
+        raise ValueError("snr must be > 0")
+    truth = draw_truth(n, np.random.default_rng([seed, 0]), shift_max=shift_max, ctf=ctf,
+                       defocus=defocus, astigmatism=astigmatism, junk_fraction=junk_fraction)
+    clean = render(volume, truth, box, pixel_size, ctf=ctf, voltage=voltage, cs=cs,
+                   amp_contrast=amp_contrast, seed=seed)
+    junk = truth["junk"].to_numpy()
+    ref = clean[~junk] if (~junk).any() else clean
+    signal_var = float(ref.reshape(len(ref), -1).var(axis=1, dtype=np.float64).mean())
+    sigma = np.sqrt(signal_var / snr)
+    noise = np.random.default_rng([seed, 2]).standard_normal(clean.shape, dtype=np.float32)
+    images = clean + np.float32(sigma) * noise
+    return (images, truth, clean) if return_clean else (images, truth)

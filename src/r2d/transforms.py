@@ -1,0 +1,280 @@
+"""Image transforms, filters, masks and normalisations on stacks (algorithm.md §3.1, §4).
+
+Stacks are ``(N, n, n)`` float arrays, ``a[y, x]``, centre ``c = n // 2``.
+
+**The transform convention, used everywhere in r2d** (EMAN2's 2-D "MTR" form): parameters
+``(alpha, tx, ty, mirror)`` with ``alpha`` in degrees define the point map, in pixel
+coordinates ``p = (u, v) = (x - c, y - c)``::
+
+    p' = M^mirror (R_alpha p + t),   R_alpha = [[cos a, sin a], [-sin a, cos a]],  M = diag(-1, 1)
+
+i.e. **rotate, then translate by (tx, ty), then mirror x** (``u -> -u``, a left-right flip
+about column ``c``). A feature at angle ``phi`` (from +x towards +y) moves to ``phi - alpha``.
+Applying a transform to an image samples the input at ``T^-1(p')`` for every output pixel
+(bilinear, zero outside), exactly like EMAN2's ``EMData.transform``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+from scipy import ndimage
+
+# ----------------------------------------------------------------------------------------
+# transform parameters
+
+
+def _arr(*xs):
+    return [np.asarray(x, dtype=np.float64) for x in xs]
+
+
+def invert(alpha, tx, ty, mirror):
+    """Inverse of MTR transforms (arrays broadcast). Returns ``(alpha, tx, ty, mirror)``.
+
+    ``m=0``: ``(-a, -R_{-a} t)``; ``m=1``: ``(a, -M R_{-a} t)`` (a mirrored transform keeps its angle).
+    """
+    alpha, tx, ty, mirror = _arr(alpha, tx, ty, mirror)
+    a = np.deg2rad(alpha)
+    c, s = np.cos(a), np.sin(a)
+    # R_{-a} t
+    rx = c * tx - s * ty
+    ry = s * tx + c * ty
+    m = mirror > 0.5
+    new_alpha = np.where(m, alpha, -alpha)
+    new_tx = np.where(m, rx, -rx)
+    return _wrap(new_alpha), new_tx, -ry, mirror.copy()
+
+
+def to_matrix(alpha, tx, ty, mirror) -> np.ndarray:
+    """2x3 affine matrices ``(..., 2, 3)`` of MTR transforms (acting on centred coordinates)."""
+    alpha, tx, ty, mirror = _arr(alpha, tx, ty, mirror)
+    a = np.deg2rad(alpha)
+    c, s = np.cos(a), np.sin(a)
+    sgn = np.where(mirror > 0.5, -1.0, 1.0)
+    out = np.empty(np.broadcast(alpha, tx, ty, mirror).shape + (2, 3))
+    out[..., 0, 0] = sgn * c
+    out[..., 0, 1] = sgn * s
+    out[..., 0, 2] = sgn * tx
+    out[..., 1, 0] = -s
+    out[..., 1, 1] = c
+    out[..., 1, 2] = ty
+    return out
+
+
+def from_matrix(mat: np.ndarray):
+    """MTR parameters ``(alpha, tx, ty, mirror)`` of 2x3 matrices (alpha in (-180, 180])."""
+    mat = np.asarray(mat, dtype=np.float64)
+    A = mat[..., :, :2].copy()
+    t = mat[..., :, 2].copy()
+    det = A[..., 0, 0] * A[..., 1, 1] - A[..., 0, 1] * A[..., 1, 0]
+    m = det < 0
+    A[..., 0, :] = np.where(m[..., None], -A[..., 0, :], A[..., 0, :])
+    t[..., 0] = np.where(m, -t[..., 0], t[..., 0])
+    alpha = np.rad2deg(np.arctan2(A[..., 0, 1], A[..., 0, 0]))
+    return _wrap(alpha), t[..., 0], t[..., 1], m.astype(np.float64)
+
+
+def compose(first, second):
+    """Parameters of ``second ∘ first`` (apply ``first``, then ``second``); each a 4-tuple."""
+    A = to_matrix(*first)
+    B = to_matrix(*second)
+    lin = B[..., :, :2] @ A[..., :, :2]
+    t = (B[..., :, :2] @ A[..., :, 2:3])[..., 0] + B[..., :, 2]
+    return from_matrix(np.concatenate([lin, t[..., None]], axis=-1))
+
+
+def _wrap(alpha):
+    """Angles into (-180, 180]."""
+    a = np.mod(np.asarray(alpha, dtype=np.float64) + 180.0, 360.0) - 180.0
+    return np.where(a == -180.0, 180.0, a)
+
+
+# ----------------------------------------------------------------------------------------
+# applying transforms
+
+
+def source_coords(n: int, alpha, tx, ty, mirror) -> tuple[np.ndarray, np.ndarray]:
+    """Input-pixel coordinates ``(y, x)``, each ``(N, n, n)``, sampled for each output pixel.
+
+    ``m=0: p = R_{-a}(p' - t)``; ``m=1: p = R_{-a}(M p' - t)``.
+    """
+    alpha, tx, ty, mirror = (np.atleast_1d(v)[:, None, None] for v in _arr(alpha, tx, ty, mirror))
+    c = n // 2
+    v, u = np.mgrid[0:n, 0:n].astype(np.float64) - c
+    u = np.where(mirror > 0.5, -u, u) - tx
+    v = v - ty
+    a = np.deg2rad(alpha)
+    cs, sn = np.cos(a), np.sin(a)
+    # R_{-a} = [[c, -s], [s, c]]
+    su = cs * u - sn * v
+    sv = sn * u + cs * v
+    return sv + c, su + c
+
+
+def transform(images: np.ndarray, alpha, tx, ty, mirror, *, order: int = 1, batch: int = 512) -> np.ndarray:
+    """Apply one MTR transform per image: ``(N, n, n)`` -> ``(N, n, n)`` float32.
+
+    Bilinear (``order=1``) inverse mapping, zero outside, as EMAN2. Parameters are scalars
+    or arrays of length ``N``.
+    """
+    images = np.asarray(images)
+    N, n, _ = images.shape
+    params = [np.broadcast_to(np.asarray(p, dtype=np.float64), (N,)) for p in (alpha, tx, ty, mirror)]
+    out = np.empty((N, n, n), dtype=np.float32)
+    for lo in range(0, N, batch):
+        hi = min(N, lo + batch)
+        y, x = source_coords(n, *(p[lo:hi] for p in params))
+        z = np.broadcast_to(np.arange(hi - lo, dtype=np.float64)[:, None, None], y.shape)
+        out[lo:hi] = ndimage.map_coordinates(
+            images[lo:hi].astype(np.float32, copy=False), [z, y, x], order=order, mode="constant", cval=0.0,
+            prefilter=False,
+        )
+    return out
+
+
+def fourier_shift(images: np.ndarray, sx, sy, *, workers: int = 1) -> np.ndarray:
+    """Sub-pixel circular shift by ``(sx, sy)`` pixels (content moves to ``+s``) via FFT phases."""
+    images = np.asarray(images, dtype=np.float32)
+    N, n, _ = images.shape
+    sx = np.broadcast_to(np.asarray(sx, dtype=np.float64), (N,))[:, None, None]
+    sy = np.broadcast_to(np.asarray(sy, dtype=np.float64), (N,))[:, None, None]
+    ky = sfft.fftfreq(n)[None, :, None]
+    kx = sfft.rfftfreq(n)[None, None, :]
+    F = sfft.rfft2(images, workers=workers)
+    F *= np.exp(-2j * np.pi * (kx * sx + ky * sy))
+    return sfft.irfft2(F, s=(n, n), workers=workers).astype(np.float32)
+
+
+def integer_shift(images: np.ndarray, dx, dy) -> np.ndarray:
+    """Shift each image by whole pixels ``(dx, dy)`` with zero fill, no wrap-around."""
+    images = np.asarray(images)
+    N, n, _ = images.shape
+    dx = np.broadcast_to(np.asarray(dx, dtype=int), (N,))
+    dy = np.broadcast_to(np.asarray(dy, dtype=int), (N,))
+    out = np.zeros_like(images)
+    for i in range(N):  # N here is the number of class averages, never particles
+        sx, sy = int(dx[i]), int(dy[i])
+        if abs(sx) >= n or abs(sy) >= n:
+            continue
+        out[i, max(0, sy):n + min(0, sy), max(0, sx):n + min(0, sx)] = images[
+            i, max(0, -sy):n - max(0, sy), max(0, -sx):n - max(0, sx)
+        ]
+    return out
+
+
+def xflip(images: np.ndarray) -> np.ndarray:
+    """Mirror x about column ``n//2`` (EMAN2 ``xform.flip:axis=x``; column 0 becomes 0)."""
+    out = np.zeros_like(images)
+    out[..., 1:] = images[..., :0:-1]
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# radii, masks, normalisation
+
+
+def radius_grid(n: int) -> np.ndarray:
+    """Distance of each pixel from the centre ``c = n//2``, ``(n, n)``."""
+    v, u = np.mgrid[0:n, 0:n] - n // 2
+    return np.hypot(u, v)
+
+
+def edge_mean(images: np.ndarray) -> np.ndarray:
+    """EMAN2's edge mean: rows 0, n-1 and columns 0, n-1 (corners twice) / (2nx + 2ny)."""
+    s = images[:, 0, :].sum(1) + images[:, -1, :].sum(1) + images[:, :, 0].sum(1) + images[:, :, -1].sum(1)
+    return s / (2 * images.shape[1] + 2 * images.shape[2])
+
+
+def _safe_std(images: np.ndarray) -> np.ndarray:
+    sd = images.reshape(len(images), -1).std(axis=1)
+    return sd
+
+
+def normalize(images: np.ndarray, mode: str = "normalize", radius: float | None = None, width: float = 2.0) -> np.ndarray:
+    """EMAN2 ``normalize*`` processors on a stack (float32 copy).
+
+    ``normalize``: (f - mean)/σ; ``normalize.edgemean``: μ = edge mean; ``normalize.circlemean``:
+    μ = mean of the ring ``R ≤ d < R + width`` (negative R counts from n/2, default n/2 - 2);
+    ``normalize.unitlen``: f/‖f‖. Images with σ = 0 are left unchanged.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    N, n, _ = images.shape
+    if mode == "normalize.unitlen":
+        norm = np.linalg.norm(images.reshape(N, -1), axis=1)
+        norm[norm == 0] = 1.0
+        return (images / norm[:, None, None]).astype(np.float32)
+    if mode == "normalize.unitsum":
+        s = images.reshape(N, -1).sum(axis=1)
+        s[s == 0] = 1.0
+        return (images / s[:, None, None]).astype(np.float32)
+    sd = _safe_std(images)
+    if mode == "normalize":
+        mu = images.reshape(N, -1).mean(axis=1)
+    elif mode == "normalize.edgemean":
+        mu = edge_mean(images)
+    elif mode == "normalize.circlemean":
+        R = n / 2 - 2 if radius is None else (n / 2 + radius if radius < 0 else radius)
+        d2 = radius_grid(n) ** 2
+        ring = (d2 >= R * R) & (d2 < (R + width) ** 2)
+        mu = images[:, ring].mean(axis=1)
+    else:
+        raise ValueError(f"unknown normalisation {mode!r}")
+    ok = sd > 0
+    sd = np.where(ok, sd, 1.0)
+    mu = np.where(ok, mu, 0.0)
+    return ((images - mu[:, None, None]) / sd[:, None, None]).astype(np.float32)
+
+
+def gaussian_mask(n: int, inner: float, width: float) -> np.ndarray:
+    """``mask.gaussian``: 1 inside ``inner``, ``exp(-(d-inner)^2/width^2)`` outside, ``(n, n)``."""
+    d = radius_grid(n)
+    return np.where(d > inner, np.exp(-((d - inner) ** 2) / width**2), 1.0).astype(np.float32)
+
+
+def circle_mask(n: int, radius: float) -> np.ndarray:
+    """Hard disc mask ``d < radius``, ``(n, n)`` bool."""
+    return radius_grid(n) < radius
+
+
+# ----------------------------------------------------------------------------------------
+# Fourier filters
+
+
+def freq_radius(n: int, rfft: bool = True) -> np.ndarray:
+    """|k| in Fourier pixels for the (r)fft2 layout of an ``n×n`` image."""
+    ky = sfft.fftfreq(n) * n
+    kx = (sfft.rfftfreq(n) if rfft else sfft.fftfreq(n)) * n
+    return np.hypot(ky[:, None], kx[None, :])
+
+
+def gauss_filter(images: np.ndarray, *, lowpass_px: float | None = None, highpass_px: float | None = None,
+                 workers: int = 1) -> np.ndarray:
+    """Gaussian low/high-pass (``cutoff_pixels``): ``H_lp = exp(-(k/p)^2)``, ``H_hp = 1 - exp(-(k/p)^2)``."""
+    images = np.asarray(images, dtype=np.float32)
+    n = images.shape[-1]
+    k = freq_radius(n)
+    H = np.ones_like(k)
+    if lowpass_px:
+        H *= np.exp(-((k / lowpass_px) ** 2))
+    if highpass_px:
+        H *= 1.0 - np.exp(-((k / highpass_px) ** 2))
+    F = sfft.rfft2(images, workers=workers) * H
+    return sfft.irfft2(F, s=images.shape[-2:], workers=workers).astype(np.float32)
+
+
+def fourier_crop(images: np.ndarray, m: int, *, workers: int = 1) -> np.ndarray:
+    """Fourier-downsample ``(N, n, n)`` to ``(N, m, m)`` (m ≤ n, even), keeping the mean level."""
+    images = np.asarray(images, dtype=np.float32)
+    n = images.shape[-1]
+    if m == n:
+        return images.copy()
+    F = sfft.fftshift(sfft.fft2(images, workers=workers), axes=(-2, -1))
+    lo = n // 2 - m // 2
+    Fc = F[:, lo:lo + m, lo:lo + m]
+    out = sfft.ifft2(sfft.ifftshift(Fc, axes=(-2, -1)), workers=workers).real
+    return (out * (m * m) / (n * n)).astype(np.float32)
+
+
+def ring_index(n: int) -> np.ndarray:
+    """Integer ring ``round(|k|)`` for each coefficient of the rfft2 layout, ``(n, n//2+1)``."""
+    return np.rint(freq_radius(n)).astype(np.int64)

@@ -1,0 +1,217 @@
+"""End-to-end tests against a real one-node SLURM cluster on this machine.
+
+The module-scoped fixture runs ``scripts/slurm-localhost.sh up`` (which installs
+Debian's slurmctld/slurmd/munge with apt-get when needed and starts the daemons
+with their state in a temporary directory) and ``... down`` at the end.  When
+the script exits with code 3 (not root and no passwordless sudo, no apt-get,
+install failed) the tests are skipped with the script's message.
+
+Checks:
+* two ``sbatch --wrap`` jobs with different --cpus-per-task/--mem run, and
+  ``scontrol show job`` / ``squeue`` report the requested CPUs and memory;
+* the Snakemake SLURM executor plugin submits one SLURM job per rule with the
+  rule's ``threads`` and ``resources.mem_mb`` and the outputs appear.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "slurm-localhost.sh"
+SKIP_RC = 3
+
+
+def _snakemake_bin() -> Path:
+    for cand in (REPO / ".venv" / "bin" / "snakemake", Path(sys.executable).parent / "snakemake"):
+        if cand.exists():
+            return cand
+    pytest.skip("no snakemake executable found (.venv/bin/snakemake or next to sys.executable)")
+
+
+def _ncpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _run(cmd, env, cwd=None, timeout=60, check=True) -> subprocess.CompletedProcess:
+    p = subprocess.run(
+        [str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed with {p.returncode}\n"
+            f"--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}"
+        )
+    return p
+
+
+def _show_job(env, jobid: str) -> dict[str, str]:
+    """`scontrol show job -o` as a dict (works for finished jobs thanks to MinJobAge=600)."""
+    out = _run(["scontrol", "show", "job", "-o", jobid], env).stdout
+    return dict(re.findall(r"(\S+?)=(\S*)", out))
+
+
+def _squeue_all(env) -> list[dict[str, str]]:
+    """All jobs slurmctld still knows, finished ones included."""
+    fields = ["id", "state", "cpus", "mem", "name", "comment"]
+    out = _run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T|%C|%m|%j|%k"], env
+    ).stdout
+    return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+
+
+def _wait_finished(env, jobids: list[str], timeout: float = 60) -> dict[str, str]:
+    t0 = time.monotonic()
+    states: dict[str, str] = {}
+    while time.monotonic() - t0 < timeout:
+        states = {j["id"]: j["state"] for j in _squeue_all(env) if j["id"] in jobids}
+        if len(states) == len(jobids) and all(
+            s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
+            for s in states.values()
+        ):
+            return states
+        time.sleep(1)
+    raise AssertionError(f"jobs {jobids} not finished after {timeout} s: {states}")
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the local SLURM cluster script needs Linux")
+    statedir = tmp_path_factory.mktemp("slurm-state")
+    p = subprocess.run(
+        ["bash", str(SCRIPT), "up", str(statedir)], capture_output=True, text=True, timeout=900
+    )
+    if p.returncode == SKIP_RC:
+        pytest.skip(f"local SLURM cluster unavailable: {p.stderr.strip().splitlines()[-1:]}")
+    assert p.returncode == 0, f"slurm-localhost.sh up failed:\n{p.stdout}\n{p.stderr}"
+    conf = statedir / "slurm.conf"
+    assert f"export SLURM_CONF={conf}" in p.stdout
+    assert (statedir / "env").read_text().strip() == f"export SLURM_CONF={conf}"
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    try:
+        yield env
+    finally:
+        d = subprocess.run(
+            ["bash", str(SCRIPT), "down", str(statedir)], capture_output=True, text=True, timeout=120
+        )
+        print(d.stdout, d.stderr, sep="\n")
+        assert d.returncode == 0, d.stderr
+        assert not statedir.exists()
+
+
+def test_cluster_is_up(slurm_env):
+    out = _run(["sinfo", "--noheader", "-N", "-o", "%N|%P|%T|%c|%m"], slurm_env).stdout.split("\n")[0]
+    node, part, state, cpus, mem = out.split("|")
+    assert part == "debug*" and state == "idle"
+    assert int(cpus) == _ncpus()
+    assert 0 < int(mem) <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+    cfg = _run(["scontrol", "show", "config"], slurm_env).stdout
+    assert re.search(r"MinJobAge\s*=\s*600", cfg)
+    assert re.search(r"SelectTypeParameters\s*=\s*CR_CORE_MEMORY", cfg, re.I)
+
+
+def test_sbatch_jobs_get_requested_cpus_and_memory(slurm_env, tmp_path):
+    big = min(2, _ncpus())
+    requests = {"small": (1, 150), "big": (big, 300)}  # cpus-per-task, MiB
+    ids = {}
+    for name, (cpus, mem) in requests.items():
+        p = _run(
+            [
+                "sbatch", "--parsable", f"--job-name=r2d-{name}", f"--cpus-per-task={cpus}",
+                f"--mem={mem}M", f"--output={tmp_path / (name + '.out')}", f"--chdir={tmp_path}",
+                "--wrap", 'echo "$SLURM_JOB_ID $SLURM_CPUS_PER_TASK $SLURM_MEM_PER_NODE $(hostname -s)"',
+            ],
+            slurm_env,
+        )
+        ids[name] = p.stdout.strip().split(";")[0]
+    states = _wait_finished(slurm_env, list(ids.values()))
+    assert set(states.values()) == {"COMPLETED"}, states
+
+    queue = {j["id"]: j for j in _squeue_all(slurm_env)}
+    for name, (cpus, mem) in requests.items():
+        jid = ids[name]
+        job = _show_job(slurm_env, jid)
+        assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
+        assert job["Partition"] == "debug"
+        assert int(job["NumCPUs"]) == cpus and int(job["CPUs/Task"]) == cpus, job
+        assert job["MinMemoryNode"] == f"{mem}M", job
+        assert f"cpu={cpus}" in job["TRES"] and f"mem={mem}M" in job["TRES"], job
+        assert queue[jid]["cpus"] == str(cpus) and queue[jid]["mem"] == f"{mem}M", queue[jid]
+        out = (tmp_path / f"{name}.out").read_text().split()
+        assert out[:3] == [jid, str(cpus), str(mem)], out
+
+
+def test_snakemake_slurm_executor(slurm_env, tmp_path):
+    snakemake = _snakemake_bin()
+    py = snakemake.parent / "python"
+    if py.exists() and subprocess.run([str(py), "-c", "import snakemake_executor_plugin_slurm"]).returncode:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed")
+    big = min(2, _ncpus())
+    rules = {"small": (1, 200), "big": (big, 400)}  # threads, mem_mb
+    (tmp_path / "Snakefile").write_text(
+        textwrap.dedent(
+            f"""
+            rule all:
+                input: "small.txt", "big.txt"
+
+            rule small:
+                output: "small.txt"
+                threads: 1
+                resources: mem_mb=200
+                shell: 'echo "$SLURM_JOB_ID $SLURM_CPUS_PER_TASK" > {{output}}'
+
+            rule big:
+                output: "big.txt"
+                threads: {big}
+                resources: mem_mb=400
+                shell: 'echo "$SLURM_JOB_ID $SLURM_CPUS_PER_TASK" > {{output}}'
+            """
+        )
+    )
+    cmd = [
+        snakemake,
+        "--executor", "slurm",
+        "--slurm-status-command", "squeue",
+        "--slurm-init-seconds-before-status-checks", "1",
+        "--seconds-between-status-checks", "2",
+        "--default-resources", "slurm_partition=debug", "runtime=10",
+        "--jobs", "4",
+        "--workflow-profile", "none",
+        "--snakefile", tmp_path / "Snakefile",
+        "--directory", tmp_path,
+    ]
+    p = _run(cmd, slurm_env, cwd=tmp_path, timeout=180, check=False)
+    assert p.returncode == 0, f"snakemake failed:\n{p.stdout}\n{p.stderr[-6000:]}"
+
+    run_names = set()
+    for rule, (threads, mem_mb) in rules.items():
+        jid, cpus_in_job = (tmp_path / f"{rule}.txt").read_text().split()
+        assert cpus_in_job == str(threads)
+        job = _show_job(slurm_env, jid)
+        assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
+        assert job["Comment"] == f"rule_{rule}", job
+        assert job["Partition"] == "debug" and job["TimeLimit"] == "00:10:00", job
+        assert int(job["NumCPUs"]) == threads and int(job["CPUs/Task"]) == threads, job
+        assert job["MinMemoryNode"] == f"{mem_mb}M", job
+        run_names.add(job["JobName"])
+    # all jobs of one snakemake run share the run UUID as job name: exactly one per rule
+    assert len(run_names) == 1
+    ours = [j for j in _squeue_all(slurm_env) if j["name"] in run_names]
+    assert sorted(j["comment"] for j in ours) == ["rule_big", "rule_small"], ours
+    for j in ours:
+        threads, mem_mb = rules[j["comment"].removeprefix("rule_")]
+        assert j["state"] == "COMPLETED" and j["cpus"] == str(threads) and j["mem"] == f"{mem_mb}M", j

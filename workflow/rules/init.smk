@@ -1,0 +1,94 @@
+"""Initial stage (e2refine2d §1.2): invariants -> MSA -> projection -> k-means -> classes_init."""
+
+
+rule input_fp:
+    input:
+        particles=config["input"],
+        exclude=exclude_input,
+    output:
+        art("input_fp.h5"),
+    log:
+        art("logs/input_fp.log"),
+    benchmark:
+        art("benchmarks/input_fp.tsv")
+    params:
+        ncls=config["ncls"],
+        exclude=exclude_arg(),
+    threads: config["threads"]
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d invariants {input.particles} -o {output} --ncls {params.ncls} {params.exclude}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule input_fp_basis:
+    input:
+        art("input_fp.h5"),
+    output:
+        art("input_fp_basis.hdf"),
+    log:
+        art("logs/input_fp_basis.log"),
+    params:
+        nbasis=config["nbasisfp"],
+        seed=iteration_seed(0),
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d msa {input} -o {output} --nbasis {params.nbasis} --seed {params.seed} > {log} 2>&1"
+
+
+rule input_fp_basis_proj:
+    input:
+        fp=art("input_fp.h5"),
+        basis=art("input_fp_basis.hdf"),
+    output:
+        art("input_fp_basis_proj.h5"),
+    log:
+        art("logs/input_fp_basis_proj.log"),
+    params:
+        normproj="--normproj" if config["normproj"] else "",
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d project {input.fp} {input.basis} -o {output} {params.normproj} > {log} 2>&1"
+
+
+rule classmx_00:
+    input:
+        art("input_fp_basis_proj.h5"),
+    output:
+        art("classmx_00.h5"),
+    log:
+        art("logs/classmx_00.log"),
+    params:
+        ncls=min(50, config["ncls"]),
+        minchange=config["minchange"],
+        fastseed="--fastseed" if config["fastseed"] else "",
+        seed=iteration_seed(0),
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d classify {input} -o {output} --ncls {params.ncls} --minchange {params.minchange}"
+        " {params.fastseed} --seed {params.seed} > {log} 2>&1"
+
+
+rule classes_init:
+    input:
+        particles=config["input"],
+        classmx=art("classmx_00.h5"),
+    output:
+        classes=art("classes_init.hdf"),
+        resultmx=art("resultmx_init.h5"),
+    log:
+        art("logs/classes_init.log"),
+    benchmark:
+        art("benchmarks/classes_init.tsv")
+    params:
+        opts=class_args(8),
+    threads: config["threads"]
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
+        " {params.opts} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,150 @@
+"""One refinement iteration YY (e2refine2d §1.3, steps 1-10), wildcard {it} = 01..iter."""
+
+
+rule allrefs:
+    input:
+        prev_classes,
+    output:
+        art("allrefs_{it}.hdf"),
+    log:
+        art("logs/allrefs_{it}.log"),
+    params:
+        apix=f"--apix {config['apix']}" if config["apix"] else "",
+    threads: config["threads"]
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d allrefs {input} -o {output} {params.apix} --threads {threads} > {log} 2>&1"
+
+
+rule basis:
+    input:
+        art("allrefs_{it}.hdf"),
+    output:
+        art("basis_{it}.hdf"),
+    log:
+        art("logs/basis_{it}.log"),
+    params:
+        nbasis=config["nbasisfp"],
+        seed=lambda wc: iteration_seed(wc.it),
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d msa {input} -o {output} --nbasis {params.nbasis} --seed {params.seed} > {log} 2>&1"
+
+
+rule aliref:
+    input:
+        art("allrefs_{it}.hdf"),
+    output:
+        art("aliref_{it}.hdf"),
+    log:
+        art("logs/aliref_{it}.log"),
+    params:
+        naliref=config["naliref"],
+        ncls=config["ncls"],
+    threads: config["threads"]
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d aliref {input} -o {output} --naliref {params.naliref} --ncls {params.ncls}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule simmx_chunk:
+    input:
+        refs=art("aliref_{it}.hdf"),
+        particles=config["input"],
+        exclude=exclude_input,
+    output:
+        temp(art("simmx_{it}/{scatteritem}.h5")),
+    log:
+        art("logs/simmx_{it}/{scatteritem}.log"),
+    benchmark:
+        art("benchmarks/simmx_{it}/{scatteritem}.tsv")
+    params:
+        align=opt(config["simalign"]),
+        aligncmp=opt(config["simaligncmp"]),
+        ralign=opt(config["simralign"]),
+        raligncmp=opt(config["simraligncmp"]),
+        cmp=opt(config["simcmp"]),
+        shrink=config["shrink"],
+        exclude=exclude_arg(),
+    threads: config["threads"]
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d simmx {input.refs} {input.particles} -o {output} --chunk {wildcards.scatteritem}"
+        " --align {params.align} --aligncmp {params.aligncmp} --ralign {params.ralign}"
+        " --raligncmp {params.raligncmp} --cmp {params.cmp} --shrink {params.shrink} {params.exclude}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule simmx:
+    input:
+        gather.chunk(art("simmx_{{it}}/{scatteritem}.h5")),
+    output:
+        ensure(art("simmx_{it}.h5"), non_empty=True),
+    log:
+        art("logs/simmx_{it}.log"),
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d gather -o {output} {input} > {log} 2>&1"
+
+
+rule input_proj:
+    input:
+        particles=config["input"],
+        basis=art("basis_{it}.hdf"),
+        simmx=art("simmx_{it}.h5"),
+    output:
+        art("input_{it}_proj.h5"),
+    log:
+        art("logs/input_{it}_proj.log"),
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d project {input.particles} {input.basis} --simmx {input.simmx} -o {output} > {log} 2>&1"
+
+
+rule classmx:
+    input:
+        proj=art("input_{it}_proj.h5"),
+        exclude=exclude_input,
+    output:
+        ensure(art("classmx_{it}.h5"), non_empty=True),
+    log:
+        art("logs/classmx_{it}.log"),
+    params:
+        ncls=config["ncls"],
+        minchange=config["minchange"],
+        fastseed="--fastseed" if config["fastseed"] else "",
+        seed=lambda wc: iteration_seed(wc.it),
+        exclude=exclude_arg(),
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d classify {input.proj} -o {output} --ncls {params.ncls} --minchange {params.minchange}"
+        " {params.fastseed} --seed {params.seed} {params.exclude} > {log} 2>&1"
+
+
+rule classes:
+    input:
+        particles=config["input"],
+        classmx=art("classmx_{it}.h5"),
+    output:
+        classes=art("classes_{it}.hdf"),
+        resultmx=art("resultmx_{it}.h5"),
+    log:
+        art("logs/classes_{it}.log"),
+    benchmark:
+        art("benchmarks/classes_{it}.tsv")
+    params:
+        opts=class_args(config["classiter"]),
+    threads: config["threads"]
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
+        " {params.opts} --threads {threads} > {log} 2>&1"
