@@ -215,7 +215,8 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                    aligncmp: str | Option = "ccc", ralign=None, raligncmp=None, cmp: str | Option = "ccc",
                    averager: str | Option = "ctf.weight.autofilt", normproc: str | Option | None = "normalize.edgemean",
                    center: str | None = "xform.center", automask: bool = False, maxshift: float | None = None,
-                   apix: float | None = None, workers: int = 1) -> ClassAverages:
+                   apix: float | None = None, workers: int = 1,
+                   search_weight: np.ndarray | None = None) -> ClassAverages:
     """Class averages of ``particles`` (N, n, n) for the classes in ``label`` (N,), e2classaverage-style.
 
     Per class: bootstrap a reference from its members (aligned in doubling blocks to the
@@ -225,7 +226,10 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     with the working reference normalised and masked; finally the reference is centred, the
     transforms composed with the centring shift, and the raw (normalised) particles
     re-averaged with one interpolation each. ``maxshift`` is appended to the aligner as
-    e2refine2d does (``n//3`` when None).
+    e2refine2d does (``n//3`` when None). ``search_weight`` (radial, see
+    :func:`r2d.transforms.spectral_snr_weight`) filters the particles and references used for
+    alignment and scoring only (r2d addition against reference bias); averages use the
+    unfiltered particles.
     """
     particles = np.asarray(particles, dtype=np.float32)
     label = np.asarray(label, dtype=np.int64)
@@ -241,11 +245,16 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     X = tf.normalize(particles, norm.name, **({"radius": norm.get("radius")} if norm and "radius" in norm.params else {})) \
         if norm is not None else particles.copy()
 
-    def run_align(images, lab, refs, ref_repr=None):
-        a = align(images, refs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
+    Xs = X if search_weight is None else tf.radial_filter(X, search_weight, workers=workers)
+
+    def run_align(sel, lab, refs, ref_repr=None):
+        """Align particles ``sel`` to ``refs[lab]``; return params, moved raw particles, scores."""
+        frefs = refs if search_weight is None else tf.radial_filter(refs, search_weight, workers=workers)
+        a = align(Xs[sel], frefs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
                   apix=apix, workers=workers)
-        moved = tf.transform(images, a.alpha, a.tx, a.ty, a.mirror)
-        score = compare(moved, refs[lab], cmp, apix=apix, ptcl_repr=None if ref_repr is None else ref_repr[lab])
+        moved_s = tf.transform(Xs[sel], a.alpha, a.tx, a.ty, a.mirror)
+        score = compare(moved_s, frefs[lab], cmp, apix=apix, ptcl_repr=None if ref_repr is None else ref_repr[lab])
+        moved = moved_s if search_weight is None else tf.transform(X[sel], a.alpha, a.tx, a.ty, a.mirror)
         return a, moved, score
 
     lab = np.where(label >= 0, label, -1)
@@ -265,7 +274,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         sel = np.flatnonzero(valid & (rank >= lo_r) & (rank < 2 * lo_r))
         if len(sel) == 0:
             break
-        a, moved, _ = run_align(X[sel], lab[sel], sums)
+        a, moved, _ = run_align(sel, lab[sel], sums)
         np.add.at(sums, lab[sel], moved)
         lo_r *= 2
     dx, dy = center_shift(sums, center)
@@ -288,7 +297,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         if it == iterations + 1:
             break
         idx = np.flatnonzero(valid)
-        a, moved, sc = run_align(X[idx], lab[idx], ref, counts)
+        a, moved, sc = run_align(idx, lab[idx], ref, counts)
         score[idx] = sc
         for p, v in zip(par, a.params()):
             p[idx] = v

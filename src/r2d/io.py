@@ -573,18 +573,33 @@ def write_image_stack(path, images, headers: list[dict] | None = None, pixel_siz
 def read_image_headers(path) -> list[dict]:
     """Per-image header dicts of an EMAN2-layout HDF5 stack (``EMAN.`` prefix stripped; numbers as
     Python scalars, 1-D arrays as lists, strings as str; includes nx/ny/nz etc.)."""
-    src = _HdfFile(Path(path))
-    with src._open() as f:
+    path = Path(path)
+    _check_file(path, "image stack")
+    with h5py.File(path, "r") as f:
         imgs = f["MDF/images"]
         out = []
-        for i in range(src.n):
-            attrs = imgs[str(i)].attrs
+        for i in sorted((k for k in imgs.keys() if k.isdigit()), key=int):
+            attrs = imgs[i].attrs
             out.append({k[5:]: _read_eman_attr(attrs[k]) for k in attrs if k.startswith("EMAN.")})
     return out
 
 
 def read_image_stack(path) -> np.ndarray:
-    """The whole (small) stack of any format :func:`open_stack` reads, float32 ``(n, ny, nx)``."""
+    """The whole (small) stack of any format :func:`open_stack` reads, float32 ``(n, ny, nx)``.
+
+    EMAN2 HDF stacks written by r2d may hold non-square images (footprint bases); they are
+    read directly here without the particle-stack checks.
+    """
+    path = Path(path)
+    if path.suffix.lower() in HDF_EXTENSIONS:
+        _check_file(path, "image stack")
+        try:
+            with h5py.File(path, "r") as fh:
+                imgs = fh["MDF/images"]
+                keys = sorted((k for k in imgs.keys() if k.isdigit()), key=int)
+                return np.stack([np.asarray(imgs[k]["image"], dtype=np.float32) for k in keys])
+        except (OSError, KeyError) as exc:
+            raise InputError(f"{path}: not an EMAN2 HDF image stack ({exc}); give an r2d/EMAN2 .hdf stack") from None
     return open_stack(path).read(slice(None))
 
 

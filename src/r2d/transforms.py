@@ -278,3 +278,49 @@ def fourier_crop(images: np.ndarray, m: int, *, workers: int = 1) -> np.ndarray:
 def ring_index(n: int) -> np.ndarray:
     """Integer ring ``round(|k|)`` for each coefficient of the rfft2 layout, ``(n, n//2+1)``."""
     return np.rint(freq_radius(n)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------
+# data-derived filtering
+
+
+def spectral_snr_weight(images: np.ndarray, *, workers: int = 1) -> np.ndarray:
+    """Radial weight ``w(r) = snr/(snr+1)`` estimated from a sample of noisy particles, ``(n//2+1,)``.
+
+    The mean power per Fourier ring ``P(r)`` of the (edge-normalised) particles is signal
+    plus noise; the noise floor is the median power of the outer rings (``r ≥ 0.8·n/2``,
+    where projections of molecules carry almost no signal), so ``snr(r) = P(r)/floor − 1``
+    (clipped at 0, then made non-increasing: ``max`` over the rings beyond; scaled to peak 1). Used as a matched filter in
+    alignment and classification so that noise-only frequencies do not drive the search
+    (reference bias); the DC ring gets weight 0.
+    """
+    images = normalize(np.asarray(images, dtype=np.float32), "normalize.edgemean")
+    n = images.shape[-1]
+    P = np.abs(sfft.rfft2(images, workers=workers)) ** 2
+    ring = ring_index(n)
+    nr = n // 2 + 1
+    keep = ring < nr
+    prof = np.bincount(ring[keep], P.mean(0)[keep], nr) / np.maximum(np.bincount(ring[keep], minlength=nr), 1)
+    floor = np.median(prof[int(0.8 * (n // 2)):nr])
+    snr = np.clip(prof / max(floor, 1e-30) - 1.0, 0.0, None)
+    # a low-pass, not a band-pass: below the best ring keep the best weight (the CTF and the
+    # amplitude contrast make low-frequency power small, but it is not noise)
+    snr = np.maximum.accumulate(snr[::-1])[::-1]
+    w = snr / (snr + 1.0)
+    w = w / max(w.max(), 1e-12)
+    w[0] = 0.0
+    return w
+
+
+def radial_filter(images: np.ndarray, weight: np.ndarray, *, workers: int = 1) -> np.ndarray:
+    """Multiply each image's transform by ``weight[round(|k|)]`` (0 beyond the last ring)."""
+    images = np.asarray(images, dtype=np.float32)
+    n = images.shape[-1]
+    ring = ring_index(n)
+    H = np.where(ring < len(weight), np.asarray(weight)[np.minimum(ring, len(weight) - 1)], 0.0)
+    return sfft.irfft2(sfft.rfft2(images, workers=workers) * H, s=(n, n), workers=workers).astype(np.float32)
+
+
+def sample_indices(n: int, k: int = 1000) -> np.ndarray:
+    """Up to ``k`` evenly spaced indices of ``range(n)`` (a deterministic sample of a stack)."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).astype(np.int64))

@@ -53,3 +53,10 @@ def read_particles(stack: io.Stack, index=None, *, chunk: int = 4096) -> np.ndar
     for lo in range(0, len(idx), chunk):
         out[lo:lo + chunk] = stack.read(idx[lo:lo + chunk])
     return out
+
+
+def stack_weight(stack: io.Stack, *, workers: int = 1) -> np.ndarray:
+    """Matched-filter weight of a stack from a fixed sample (same for every chunk of a run)."""
+    from r2d.transforms import sample_indices, spectral_snr_weight
+
+    return spectral_snr_weight(stack.read(sample_indices(len(stack))), workers=workers)

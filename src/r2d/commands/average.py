@@ -16,7 +16,7 @@ import numpy as np
 from r2d import io
 from r2d.average import class_averages
 from r2d.commands._classopts import add_class_args
-from r2d.commands._common import add_threads, read_particles
+from r2d.commands._common import add_threads, read_particles, stack_weight
 
 
 def add_args(p):
@@ -38,6 +38,7 @@ def main(args):
         aligncmp=args.aligncmp, ralign=args.ralign, raligncmp=args.raligncmp, cmp=args.cmp,
         averager=args.averager, normproc=args.normproc, center=args.center, automask=args.automask,
         maxshift=args.maxshift, apix=stack.pixel_size, workers=args.threads,
+        search_weight=stack_weight(stack, workers=args.threads),
     )
     headers = res.headers()
     for h in headers:  # indices into the input stack, not into the rows of classmx

@@ -15,7 +15,7 @@ import numpy as np
 
 from r2d import io
 from r2d import transforms as tf
-from r2d.commands._common import read_particles
+from r2d.commands._common import read_particles, stack_weight
 from r2d.msa import Basis, project
 
 
@@ -59,9 +59,10 @@ def main(args):
     best = best_reference(simmx)
     n = len(stack)
     proj = np.empty((n, basis.nbasis), dtype=np.float32)
+    weight = stack_weight(stack)
     for lo in range(0, n, 4096):
         hi = min(n, lo + 4096)
-        parts = read_particles(stack, np.arange(lo, hi))
+        parts = tf.radial_filter(read_particles(stack, np.arange(lo, hi)), weight)
         moved = tf.transform(parts, best["dalpha"][lo:hi], best["dx"][lo:hi], best["dy"][lo:hi],
                              best["mirror"][lo:hi])
         proj[lo:hi] = project(moved.reshape(hi - lo, -1), basis, normproj=True)

@@ -17,7 +17,8 @@ import numpy as np
 
 from r2d import io
 from r2d.align import align
-from r2d.commands._common import add_exclude, add_threads, read_exclude, read_particles
+from r2d import transforms as tf
+from r2d.commands._common import add_exclude, add_threads, read_exclude, read_particles, stack_weight
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,11 @@ def main(args):
     flat = refs.reshape(A, -1)
     good = flat.std(axis=1) > 0
     repr_ = np.array([h.get("ptcl_repr", 0) for h in heads], dtype=np.float64)
+    weight = stack_weight(stack, workers=args.threads)
+    refs = tf.radial_filter(refs, weight)
     for blo in range(0, len(todo), 4096):
         sel = todo[blo:blo + 4096]
-        parts = read_particles(stack, sel)
+        parts = tf.radial_filter(read_particles(stack, sel), weight, workers=args.threads)
         a = align(parts, refs[good], args.align, args.aligncmp, ralign=args.ralign, raligncmp=args.raligncmp,
                   shrink=args.shrink, apix=stack.pixel_size, ref_ptcl_repr=repr_[good], workers=args.threads)
         rows = sel - lo

@@ -1,0 +1,35 @@
+"""Comparators against their definitions (algorithm.md §3.13), lower is better."""
+
+import numpy as np
+
+from r2d.cmp import compare
+
+rng = np.random.default_rng(0)
+A = rng.normal(size=(4, 32, 32)).astype(np.float32)
+
+
+def test_ccc_identical_negated_and_noise():
+    assert np.allclose(compare(A, A, "ccc"), -1)
+    assert np.allclose(compare(A, -A, "ccc"), 1)
+    assert np.abs(compare(A, rng.normal(size=A.shape), "ccc")).max() < 0.1
+    assert np.allclose(compare(A, 3 * A + 2, "ccc"), -1, atol=1e-6)
+
+
+def test_dot_normalize_and_mean_product():
+    assert np.allclose(compare(A, A, "dot:normalize=1"), -1)
+    f, g = A[:1], A[1:2]
+    assert np.isclose(compare(f, g, "dot")[0], -(f * g).mean(), rtol=1e-5)
+
+
+def test_sqeuclidean_normto():
+    assert np.allclose(compare(A, A, "sqeuclidean"), 0)
+    assert np.allclose(compare(A, 2 * A + 1, "sqeuclidean:normto=1"), 0, atol=1e-8)
+    assert np.all(compare(A, 2 * A + 1, "sqeuclidean") > 1)
+
+
+def test_frc_and_phase_identical_vs_shifted():
+    shifted = np.roll(A, 3, axis=2)
+    assert np.allclose(compare(A, A, "frc"), -1)
+    assert np.all(compare(A, shifted, "frc") > compare(A, A, "frc"))
+    assert np.allclose(compare(A, A, "phase"), 0, atol=1e-9)
+    assert np.all(compare(A, shifted, "phase") > 0.5)

@@ -1,0 +1,139 @@
+"""The Snakemake workflow end to end on a tiny simulated data set: plan, run, resume, partial reruns, lint."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from r2d import io
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.workflow
+
+CONFIG = {"ncls": 4, "iter": 4, "naliref": 2, "nbasisfp": 3, "classiter": 1, "seed": 7, "threads": 1,
+          "path": "run"}
+
+
+def smk(workdir, *args):
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--workflow-profile", "none",
+           "--directory", str(workdir), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def planned_jobs(result) -> dict:
+    """Job counts per rule from the 'Job stats' table of a dry run."""
+    out = result.stdout + result.stderr
+    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal", out, re.S)
+    if not m:
+        return {}
+    return {ln.split()[0]: int(ln.split()[1]) for ln in m.group(1).strip().splitlines()}
+
+
+def planned_outputs(result) -> list[str]:
+    return re.findall(r"output: (\S+?)(?:,|\n)", result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wf")
+    subprocess.run([str(BIN / "r2d"), "simulate", "--phantom", "--n", "60", "--box", "32", "--apix", "10",
+                    "--snr", "1", "--shift", "1", "--seed", "2", "-o", str(wd / "data")], check=True,
+                   capture_output=True)
+    (wd / "config").mkdir()
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump({"input": "data/particles.star", **CONFIG}))
+    dry = smk(wd, "-n")
+    assert dry.returncode == 0, dry.stderr
+    run = smk(wd)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return wd, dry
+
+
+def test_dry_run_lists_whole_plan(finished_run):
+    _, dry = finished_run
+    jobs = planned_jobs(dry)
+    for rule in ("input_fp", "input_fp_basis", "input_fp_basis_proj", "classmx_00", "classes_init"):
+        assert jobs[rule] == 1
+    for rule in ("allrefs", "basis", "aliref", "simmx", "input_proj", "classmx", "classes"):
+        assert jobs[rule] == CONFIG["iter"], rule
+
+
+def test_every_artifact_written(finished_run):
+    wd, _ = finished_run
+    run = wd / "run"
+    for name in ("input_fp.h5", "input_fp_basis.hdf", "input_fp_basis_proj.h5", "classmx_00.h5", "classes_init.hdf"):
+        assert (run / name).is_file(), name
+    for it in range(1, CONFIG["iter"] + 1):
+        for name in ("allrefs_{}.hdf", "basis_{}.hdf", "aliref_{}.hdf", "simmx_{}.h5", "input_{}_proj.h5",
+                     "classmx_{}.h5", "classes_{}.hdf"):
+            assert (run / name.format(f"{it:02d}")).is_file(), name
+    cmx = io.read_matrix(run / "classmx_04.h5")
+    assert set(cmx) >= {"class", "weight", "dx", "dy", "dalpha", "mirror", "particle"}
+    assert len(cmx["class"]) == 60 and cmx["class"].max() < CONFIG["ncls"]
+    simmx = io.read_matrix(run / "simmx_04.h5")
+    assert simmx["score"].shape == (60, CONFIG["naliref"])
+    assert io.read_image_stack(run / "aliref_04.hdf").shape == (CONFIG["naliref"], 32, 32)
+    assert io.read_image_stack(run / "basis_04.hdf").shape == (CONFIG["nbasisfp"] + 1, 32, 32)
+    heads = io.read_image_headers(run / "classes_04.hdf")
+    assert sum(h["ptcl_repr"] for h in heads) + sum(len(h["exc_class_ptcl_idxs"]) for h in heads) == 60
+
+
+def test_second_run_has_nothing_to_do(finished_run):
+    wd, _ = finished_run
+    r = smk(wd, "-n")
+    assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_forcing_iteration_03_reruns_only_03_and_later(finished_run):
+    wd, _ = finished_run
+    r = smk(wd, "-n", "--forcerun", "run/allrefs_03.hdf")
+    outs = planned_outputs(r)
+    assert any("allrefs_03" in o for o in outs) and any("classes_04" in o for o in outs)
+    assert not any(re.search(r"_0[012][._]|_init|input_fp", o) for o in outs), outs
+
+
+def test_raising_iter_runs_only_new_iterations(finished_run):
+    wd, _ = finished_run
+    r = smk(wd, "-n", "--config", "iter=6")
+    jobs = planned_jobs(r)
+    outs = planned_outputs(r)
+    assert jobs["classes"] == 2 and jobs["simmx"] == 2
+    assert "classes_init" not in jobs and "input_fp" not in jobs
+    iters = {m for o in outs for m in re.findall(r"_(\d\d)(?:[._/])", o)}
+    assert iters <= {"05", "06"}, iters
+
+
+def test_same_seed_same_classes(finished_run, tmp_path):
+    """Rerunning an iteration in a copy gives byte-identical classmx (deterministic seeds)."""
+    wd, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(wd, copy, ignore=shutil.ignore_patterns(".snakemake"))
+    before = (copy / "run" / "classmx_02.h5").read_bytes()
+    r = smk(copy, "--forcerun", "run/classmx_02.h5", "--until", "run/classmx_02.h5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = io.read_matrix(copy / "run" / "classmx_02.h5")
+    b = io.read_matrix(wd / "run" / "classmx_02.h5")
+    assert np.array_equal(a["class"], b["class"])
+    assert before == (wd / "run" / "classmx_02.h5").read_bytes()
+
+
+def test_lint_is_clean(finished_run):
+    wd, _ = finished_run
+    r = smk(wd, "--lint")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_bad_config_key_is_clear_error(finished_run, tmp_path):
+    wd, _ = finished_run
+    r = smk(wd, "-n", "--config", "simalign=rotate_flip")
+    assert r.returncode != 0
+    assert "unknown aligner 'rotate_flip'" in r.stderr
