@@ -7,7 +7,6 @@ from snakemake.utils import validate
 from r2d.check import check_config
 from r2d.errors import UserError
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 try:
     INPUT_FACTS = check_config(config)

@@ -11,12 +11,12 @@ rule input_fp:
         art("logs/input_fp.log"),
     benchmark:
         art("benchmarks/input_fp.tsv")
+    conda:
+        "../envs/r2d.yaml"
+    threads: config["threads"]
     params:
         ncls=config["ncls"],
         exclude=exclude_arg(),
-    threads: config["threads"]
-    conda:
-        "../envs/r2d.yaml"
     shell:
         "r2d invariants {input.particles} -o {output} --ncls {params.ncls} {params.exclude}"
         " --threads {threads} > {log} 2>&1"
@@ -29,11 +29,11 @@ rule input_fp_basis:
         art("input_fp_basis.hdf"),
     log:
         art("logs/input_fp_basis.log"),
+    conda:
+        "../envs/r2d.yaml"
     params:
         nbasis=config["nbasisfp"],
         seed=iteration_seed(0),
-    conda:
-        "../envs/r2d.yaml"
     shell:
         "r2d msa {input} -o {output} --nbasis {params.nbasis} --seed {params.seed} > {log} 2>&1"
 
@@ -46,10 +46,10 @@ rule input_fp_basis_proj:
         art("input_fp_basis_proj.h5"),
     log:
         art("logs/input_fp_basis_proj.log"),
-    params:
-        normproj="--normproj" if config["normproj"] else "",
     conda:
         "../envs/r2d.yaml"
+    params:
+        normproj="--normproj" if config["normproj"] else "",
     shell:
         "r2d project {input.fp} {input.basis} -o {output} {params.normproj} > {log} 2>&1"
 
@@ -61,13 +61,13 @@ rule classmx_00:
         art("classmx_00.h5"),
     log:
         art("logs/classmx_00.log"),
+    conda:
+        "../envs/r2d.yaml"
     params:
         ncls=min(50, config["ncls"]),
         minchange=config["minchange"],
         fastseed="--fastseed" if config["fastseed"] else "",
         seed=iteration_seed(0),
-    conda:
-        "../envs/r2d.yaml"
     shell:
         "r2d classify {input} -o {output} --ncls {params.ncls} --minchange {params.minchange}"
         " {params.fastseed} --seed {params.seed} > {log} 2>&1"
@@ -84,11 +84,11 @@ rule classes_init:
         art("logs/classes_init.log"),
     benchmark:
         art("benchmarks/classes_init.tsv")
-    params:
-        opts=class_args(8),
-    threads: config["threads"]
     conda:
         "../envs/r2d.yaml"
+    threads: config["threads"]
+    params:
+        opts=class_args(8),
     shell:
         "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
         " {params.opts} --threads {threads} > {log} 2>&1"

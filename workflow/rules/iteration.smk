@@ -8,11 +8,11 @@ rule allrefs:
         art("allrefs_{it}.hdf"),
     log:
         art("logs/allrefs_{it}.log"),
-    params:
-        apix=f"--apix {config['apix']}" if config["apix"] else "",
-    threads: config["threads"]
     conda:
         "../envs/r2d.yaml"
+    threads: config["threads"]
+    params:
+        apix=f"--apix {config['apix']}" if config["apix"] else "",
     shell:
         "r2d allrefs {input} -o {output} {params.apix} --threads {threads} > {log} 2>&1"
 
@@ -24,11 +24,11 @@ rule basis:
         art("basis_{it}.hdf"),
     log:
         art("logs/basis_{it}.log"),
+    conda:
+        "../envs/r2d.yaml"
     params:
         nbasis=config["nbasisfp"],
         seed=lambda wc: iteration_seed(wc.it),
-    conda:
-        "../envs/r2d.yaml"
     shell:
         "r2d msa {input} -o {output} --nbasis {params.nbasis} --seed {params.seed} > {log} 2>&1"
 
@@ -40,12 +40,12 @@ rule aliref:
         art("aliref_{it}.hdf"),
     log:
         art("logs/aliref_{it}.log"),
+    conda:
+        "../envs/r2d.yaml"
+    threads: config["threads"]
     params:
         naliref=config["naliref"],
         ncls=config["ncls"],
-    threads: config["threads"]
-    conda:
-        "../envs/r2d.yaml"
     shell:
         "r2d aliref {input} -o {output} --naliref {params.naliref} --ncls {params.ncls}"
         " --threads {threads} > {log} 2>&1"
@@ -62,6 +62,9 @@ rule simmx_chunk:
         art("logs/simmx_{it}/{scatteritem}.log"),
     benchmark:
         art("benchmarks/simmx_{it}/{scatteritem}.tsv")
+    conda:
+        "../envs/r2d.yaml"
+    threads: config["threads"]
     params:
         align=opt(config["simalign"]),
         aligncmp=opt(config["simaligncmp"]),
@@ -70,9 +73,6 @@ rule simmx_chunk:
         cmp=opt(config["simcmp"]),
         shrink=config["shrink"],
         exclude=exclude_arg(),
-    threads: config["threads"]
-    conda:
-        "../envs/r2d.yaml"
     shell:
         "r2d simmx {input.refs} {input.particles} -o {output} --chunk {wildcards.scatteritem}"
         " --align {params.align} --aligncmp {params.aligncmp} --ralign {params.ralign}"
@@ -116,14 +116,14 @@ rule classmx:
         ensure(art("classmx_{it}.h5"), non_empty=True),
     log:
         art("logs/classmx_{it}.log"),
+    conda:
+        "../envs/r2d.yaml"
     params:
         ncls=config["ncls"],
         minchange=config["minchange"],
         fastseed="--fastseed" if config["fastseed"] else "",
         seed=lambda wc: iteration_seed(wc.it),
         exclude=exclude_arg(),
-    conda:
-        "../envs/r2d.yaml"
     shell:
         "r2d classify {input.proj} -o {output} --ncls {params.ncls} --minchange {params.minchange}"
         " {params.fastseed} --seed {params.seed} {params.exclude} > {log} 2>&1"
@@ -140,11 +140,11 @@ rule classes:
         art("logs/classes_{it}.log"),
     benchmark:
         art("benchmarks/classes_{it}.tsv")
-    params:
-        opts=class_args(config["classiter"]),
-    threads: config["threads"]
     conda:
         "../envs/r2d.yaml"
+    threads: config["threads"]
+    params:
+        opts=class_args(config["classiter"]),
     shell:
         "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
         " {params.opts} --threads {threads} > {log} 2>&1"

@@ -54,4 +54,4 @@ rule summary:
     conda:
         "../envs/r2d.yaml"
     shell:
-        "r2d montage --summary {RUN} -o {output} > {log} 2>&1"
+        "r2d montage --summary \"$(dirname {input.classmx[0]})\" -o {output} > {log} 2>&1"
