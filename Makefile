@@ -32,8 +32,8 @@ demo: venv demo-data
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --workflow-profile workflow/profiles/local \
 		--cores $(CORES) --config input=$(DEMO)/particles.star path=$(DEMO)/r2d_01 ncls=16 iter=4
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --workflow-profile workflow/profiles/local \
-		--cores $(CORES) --config input=$(DEMO)/particles.star path=$(DEMO)/r2d_01 ncls=16 iter=4 \
-		--report $(DEMO)/report.html
+		--report $(DEMO)/report.html \
+		--config input=$(DEMO)/particles.star path=$(DEMO)/r2d_01 ncls=16 iter=4
 	$(BIN)/r2d evaluate $(DEMO)/r2d_01 $(DEMO)/truth.tsv
 	@echo "Report: $(CURDIR)/$(DEMO)/report.html"
 
