@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Benchmark the whole workflow on fixed simulated data; prints a table (time, memory, quality).
+
+Data: the 70S ribosome map from ../shared/data/maps (skipped cleanly when absent) or, with
+--phantom, r2d's own phantom; 64 px, 5 Å/px, SNR 0.1, phase-flipped CTF (defocus 1-3 µm),
+shifts up to ±3 px, uniform views. Settings: ncls=32, iter=8, naliref=5, nbasisfp=12 (the
+pipeline issue's acceptance run). Quality: view error against the ground truth, per iteration.
+
+  $ .venv/bin/python benchmarks/pipeline.py [--n 2000] [--iter 8] [--workdir /tmp/r2d-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MAP = REPO.parent / "shared" / "data" / "maps" / "ribosome70S_65px.mrc"
+BIN = Path(sys.executable).parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--iter", type=int, default=8)
+    ap.add_argument("--ncls", type=int, default=32)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--phantom", action="store_true", help="use r2d's phantom instead of the 70S map")
+    ap.add_argument("--workdir", default="/tmp/r2d-bench")
+    args = ap.parse_args()
+    if not args.phantom and not MAP.exists():
+        print(f"skipped: {MAP} not found (../shared absent); use --phantom")
+        return 0
+    wd = Path(args.workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    src = ["--phantom"] if args.phantom else ["--map", str(MAP)]
+    if not (wd / "data" / "truth.tsv").exists():
+        subprocess.run([BIN / "r2d", "simulate", *src, "--apix", "5", "--n", str(args.n), "--box", "64",
+                        "--snr", "0.1", "--shift", "3", "--ctf", "flip", "--defocus", "10000", "30000",
+                        "--seed", "1", "-o", str(wd / "data")], check=True, env=env)
+    (wd / "config").mkdir(exist_ok=True)
+    cfg = {"input": "data/particles.star", "path": "run", "ncls": args.ncls, "iter": args.iter, "naliref": 5,
+           "nbasisfp": 12, "threads": args.cores, "seed": 1}
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    t0 = time.time()
+    subprocess.run([BIN / "snakemake", "-s", str(REPO / "Snakefile"), "--workflow-profile", "none",
+                    "--directory", str(wd), "--cores", str(args.cores), "--forceall", "--quiet"],
+                   check=True, env=env)
+    wall = time.time() - t0
+    rows = []
+    for f in glob.glob(str(wd / "run" / "benchmarks" / "**" / "*.tsv"), recursive=True):
+        with open(f) as fh:
+            r = next(csv.DictReader(fh, delimiter="\t"))
+        rows.append((Path(f).relative_to(wd / "run" / "benchmarks"), float(r["s"]), float(r["max_rss"])))
+    print(f"\n{'job':34s} {'wall s':>8s} {'max RSS MB':>11s}")
+    for name, s, rss in sorted(rows, key=lambda r: str(r[0])):
+        print(f"{str(name):34s} {s:8.1f} {rss:11.0f}")
+    print(f"\nwhole workflow: {wall:.0f} s wall on {args.cores} cores, {args.n} particles, {args.iter} iterations\n")
+    print(f"{'classmx':10s} {'view error':>10s} {'random':>8s}")
+    for it in range(0, args.iter + 1):
+        out = subprocess.run([BIN / "r2d", "evaluate", str(wd / "run"), str(wd / "data" / "truth.tsv"),
+                              "--iteration", f"{it:02d}"], capture_output=True, text=True, env=env).stdout
+        parts = out.split()
+        try:
+            ve = float(parts[parts.index("error") + 1])
+            rnd = float(parts[parts.index("(random") + 2])
+        except (ValueError, IndexError):
+            continue
+        print(f"{it:02d}         {ve:10.1f} {rnd:8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
