@@ -406,7 +406,7 @@ def test_star_relion31_style_two_optics_groups(tmp_path, monkeypatch):
     names, expected = _two_stacks(tmp_path)
     optics = pd.DataFrame({"rlnOpticsGroup": [1, 2], "rlnOpticsGroupName": ["g1", "g2"], "rlnVoltage": [300.0, 200.0],
                            "rlnSphericalAberration": 2.7, "rlnAmplitudeContrast": 0.1, "rlnImagePixelSize": 1.2,
-                           "rlnCtfDataAreCtfPremultiplied": [0, 1]})
+                           "rlnCtfDataAreCtfPremultiplied": [0, 1], "rlnCtfDataArePhaseFlipped": [1, 0]})
     parts = pd.DataFrame({"rlnImageName": names, "rlnOpticsGroup": [2, 1, 1, 2, 1, 2],
                           "rlnDefocusU": 1e4, "rlnDefocusV": 9e3, "rlnDefocusAngle": 30.0})
     starfile.write({"optics": optics, "particles": parts}, tmp_path / "p.star")
@@ -418,7 +418,8 @@ def test_star_relion31_style_two_optics_groups(tmp_path, monkeypatch):
     np.testing.assert_array_equal(s.read(slice(None)), expected)
     ctf = s.ctf_params()
     np.testing.assert_allclose(ctf["voltage"], [200, 300, 300, 200, 300, 200])
-    np.testing.assert_array_equal(ctf["phase_flipped"], [True, False, False, True, False, True])
+    np.testing.assert_array_equal(ctf["premultiplied"], [True, False, False, True, False, True])
+    np.testing.assert_array_equal(ctf["phase_flipped"], [False, True, True, False, True, False])
     assert list(s.metadata["rlnOpticsGroupName"]) == ["g2", "g1", "g1", "g2", "g1", "g2"]
 
 

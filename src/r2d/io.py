@@ -274,8 +274,8 @@ class Stack:
     def ctf_params(self) -> dict[str, np.ndarray] | None:
         """Per-particle CTF arrays (float64, length n): ``defocus_u``, ``defocus_v`` (Å, underfocus
         positive), ``defocus_angle`` (deg), ``voltage`` (kV), ``cs`` (mm), ``amp_contrast``
-        (fraction), ``phase_shift`` (deg), and bool ``phase_flipped`` (images already CTF-corrected:
-        RELION's rlnCtfDataAreCtfPremultiplied, else False). None if the file has no CTF columns."""
+        (fraction), ``phase_shift`` (deg), and bool ``phase_flipped`` (RELION's
+        rlnCtfDataArePhaseFlipped, else False) and bool ``premultiplied`` (rlnCtfDataAreCtfPremultiplied). None if the file has no CTF columns."""
         return None if self._ctf is None else {k: v.copy() for k, v in self._ctf.items()}
 
 
@@ -392,7 +392,8 @@ def _star_ctf(path: Path, meta) -> dict[str, np.ndarray] | None:
                voltage=col("rlnVoltage", 0), cs=col("rlnSphericalAberration", 0),
                amp_contrast=col("rlnAmplitudeContrast", 0), phase_shift=col("rlnPhaseShift", 0.0))
     ctf["defocus_v"] = np.where(np.isnan(ctf["defocus_v"]), u, ctf["defocus_v"])
-    ctf["phase_flipped"] = col("rlnCtfDataAreCtfPremultiplied", 0) != 0
+    ctf["phase_flipped"] = col("rlnCtfDataArePhaseFlipped", 0) != 0
+    ctf["premultiplied"] = col("rlnCtfDataAreCtfPremultiplied", 0) != 0
     return ctf
 
 
