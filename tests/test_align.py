@@ -48,7 +48,7 @@ def test_alignment_recovers_known_transform_low_noise(aligner):
     rng = np.random.default_rng(1)
     N = 120
     alpha = rng.uniform(-180, 180, N)
-    tx, ty = rng.uniform(-4, 4, (2, N))
+    tx, ty = rng.uniform(-2.5, 2.5, (2, N))  # |t| < 4: the tree aligner's reach at 64 px
     mirror = rng.integers(0, 2, N).astype(float)
     parts = tf.transform(np.repeat(REF[None], N, 0), *tf.invert(alpha, tx, ty, mirror))
     parts += rng.normal(0, np.sqrt(REF.var() / 10), parts.shape).astype(np.float32)
@@ -91,3 +91,9 @@ def test_unknown_aligner_is_config_error():
         parse("rotate_flip:maxshift=3", "aligner", key="simalign")
     with pytest.raises(ConfigError, match="no parameter maxshfit"):
         parse("rotate_translate_flip:maxshfit=3", "aligner", key="simalign")
+
+
+def test_tree_reach_matches_eman2_examples():
+    from r2d.align import tree_reach
+
+    assert tree_reach(64, 21) == 4 and tree_reach(128, 42) == 16 and tree_reach(256, 85) == 44
