@@ -97,3 +97,10 @@ def test_tree_reach_matches_eman2_examples():
     from r2d.align import tree_reach
 
     assert tree_reach(64, 21) == 4 and tree_reach(128, 42) == 16 and tree_reach(256, 85) == 44
+
+
+def test_refine_stage_is_refused_up_front():
+    from r2d.options import check_config_options
+
+    with pytest.raises(ConfigError, match="simralign: the 'refine' second-stage aligner is not implemented"):
+        check_config_options({"simralign": "refine"})
