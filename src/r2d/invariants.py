@@ -15,6 +15,7 @@ import scipy.fft
 import scipy.sparse as sp
 
 from r2d.errors import InputError
+from r2d.transforms import edge_mean
 
 __all__ = ["footprint", "footprint_shape", "polar_matrix", "good_fft_size"]
 
@@ -145,19 +146,11 @@ def footprint_shape(n: int) -> tuple[int, int]:
     return (len(p.radii), p.L // 2)
 
 
-def _edge_mean(a: np.ndarray) -> np.ndarray:
-    """EMAN2 edge mean of each image of ``(b, ny, nx)``: rows 0, ny-1 and cols 0, nx-1 (corners twice)."""
-    ny, nx = a.shape[-2:]
-    s = (a[:, 0, :].sum(-1, dtype=np.float64) + a[:, -1, :].sum(-1, dtype=np.float64)
-         + a[:, :, 0].sum(-1, dtype=np.float64) + a[:, :, -1].sum(-1, dtype=np.float64))
-    return s / (2 * nx + 2 * ny)
-
-
 def _footprint_batch(f: np.ndarray, p: _Plan, workers: int) -> np.ndarray:
     b, n = f.shape[0], p.n
     # 1. pad to P x P with the edge mean
     canvas = np.empty((b, p.P, p.P), dtype=np.float32)
-    canvas[...] = _edge_mean(f).astype(np.float32)[:, None, None]
+    canvas[...] = edge_mean(f).astype(np.float32)[:, None, None]
     canvas[:, p.cs:p.cs + n, p.cs:p.cs + n] = f
     # 2. "mutual self-correlation": |F| * sqrt(H), back to real space (zero lag at the corner)
     F = scipy.fft.rfft2(canvas, workers=workers)

@@ -181,7 +181,8 @@ def radius_grid(n: int) -> np.ndarray:
 
 def edge_mean(images: np.ndarray) -> np.ndarray:
     """EMAN2's edge mean: rows 0, n-1 and columns 0, n-1 (corners twice) / (2nx + 2ny)."""
-    s = images[:, 0, :].sum(1) + images[:, -1, :].sum(1) + images[:, :, 0].sum(1) + images[:, :, -1].sum(1)
+    s = (images[:, 0, :].sum(1, dtype=np.float64) + images[:, -1, :].sum(1, dtype=np.float64)
+         + images[:, :, 0].sum(1, dtype=np.float64) + images[:, :, -1].sum(1, dtype=np.float64))
     return s / (2 * images.shape[1] + 2 * images.shape[2])
 
 
