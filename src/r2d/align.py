@@ -37,6 +37,7 @@ import scipy.sparse as sp
 
 from r2d import transforms as tf
 from r2d.cmp import compare
+from r2d.errors import ConfigError
 from r2d.options import Option, parse
 
 
@@ -410,12 +411,9 @@ def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, 
         kw["maxshift"] = kw["maxshift"] / f
     alpha, tx, ty, mir, corr = search(sp_, sr_, pairs=pairs, workers=workers, **kw)
     tx, ty = tx * f, ty * f
-    ralign = parse(ralign, "aligner") if isinstance(ralign, str) else ralign
-    if ralign is not None:
-        from r2d.refine import refine  # local continuous refinement
-
-        rcmp = parse(raligncmp or "dot", "comparator") if not isinstance(raligncmp, Option) else raligncmp
-        alpha, tx, ty, mir = refine(particles, refs, (alpha, tx, ty, mir), rcmp, ralign, pairs=pairs, apix=apix)
+    if (parse(ralign, "aligner") if isinstance(ralign, str) else ralign) is not None:
+        raise ConfigError("the 'refine' second-stage aligner is not implemented in this r2d version yet; "
+                          "set simralign/classralign to null")
     score = score_pairs(particles, refs, (alpha, tx, ty, mir), cmp, pairs=pairs, apix=apix,
                         ref_ptcl_repr=ref_ptcl_repr)
     return Alignment(alpha, tx, ty, mir, score, corr)

@@ -571,6 +571,11 @@ def write_image_stack(path, images, headers: list[dict] | None = None, pixel_siz
                 _write_eman_attr(g, f"EMAN.{key}", value)
 
 
+def user_header(header: dict) -> dict:
+    """A header without the fields that describe the image itself (nx/ny/nz, is_complex*), to copy onto another image."""
+    return {k: v for k, v in header.items() if k not in ("nx", "ny", "nz") and not k.startswith("is_complex")}
+
+
 def read_image_headers(path) -> list[dict]:
     """Per-image header dicts of an EMAN2-layout HDF5 stack (``EMAN.`` prefix stripped; numbers as
     Python scalars, 1-D arrays as lists, strings as str; includes nx/ny/nz etc.)."""

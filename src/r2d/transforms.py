@@ -186,11 +186,6 @@ def edge_mean(images: np.ndarray) -> np.ndarray:
     return s / (2 * images.shape[1] + 2 * images.shape[2])
 
 
-def _safe_std(images: np.ndarray) -> np.ndarray:
-    sd = images.reshape(len(images), -1).std(axis=1)
-    return sd
-
-
 def normalize(images: np.ndarray, mode: str = "normalize", radius: float | None = None, width: float = 2.0) -> np.ndarray:
     """EMAN2 ``normalize*`` processors on a stack (float32 copy).
 
@@ -208,7 +203,7 @@ def normalize(images: np.ndarray, mode: str = "normalize", radius: float | None 
         s = images.reshape(N, -1).sum(axis=1)
         s[s == 0] = 1.0
         return (images / s[:, None, None]).astype(np.float32)
-    sd = _safe_std(images)
+    sd = images.reshape(N, -1).std(axis=1)
     if mode == "normalize":
         mu = images.reshape(N, -1).mean(axis=1)
     elif mode == "normalize.edgemean":

@@ -32,7 +32,7 @@ def main(args):
                                    workers=args.threads)
     out_heads = []
     for i in idx:
-        h = {k: v for k, v in heads[i].items() if k not in ("nx", "ny", "nz") and not k.startswith("is_complex")}
+        h = io.user_header(heads[i])
         h["allrefs_index"] = int(i)
         out_heads.append(h)
     io.write_image_stack(args.output, ali, out_heads, pixel_size=io.open_stack(args.input).pixel_size)

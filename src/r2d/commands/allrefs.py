@@ -34,7 +34,7 @@ def main(args):
     aligned, order = refs.mutual_align(pre, apix=apix, workers=args.threads)
     out_heads = []
     for i in order:
-        h = {k: v for k, v in heads[i].items() if k not in ("nx", "ny", "nz") and not k.startswith("is_complex")}
+        h = io.user_header(heads[i])
         h.update(eval_contrast_lowres=float(contrast[i]), source_index=int(i))
         h.setdefault("ptcl_repr", 1)
         out_heads.append(h)
