@@ -74,6 +74,30 @@ def test_writers_leave_no_partial_file_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_write_removes_stale_partial_files_of_a_killed_writer(tmp_path):
+    target = tmp_path / "classes_01.hdf"
+    stale = tmp_path / ".classes_01.hdf.abc123.part"
+    stale.write_text("half written by a killed job")
+    old = stale.stat().st_mtime - 3600
+    os.utime(stale, (old, old))
+    other = tmp_path / ".classes_02.hdf.abc123.part"  # another target's: not touched
+    other.write_text("x")
+    os.utime(other, (old, old))
+    with io.atomic_write(target) as tmp:
+        tmp.write_text("new")
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".classes_02.hdf.abc123.part", "classes_01.hdf"]
+
+
+def test_atomic_write_keeps_a_fresh_partial_file(tmp_path):
+    """A .part file newer than this process may belong to a live writer: left alone."""
+    fresh = tmp_path / ".out.txt.live.part"
+    fresh.write_text("being written")
+    with io.atomic_write(tmp_path / "out.txt") as tmp:
+        tmp.write_text("new")
+    assert fresh.exists()
+
+
 # ----------------------------------------------------------------------------- chunk_range
 @pytest.mark.parametrize("n", [0, 1, 7, 100, 101])
 @pytest.mark.parametrize("k", [1, 3, 8])
@@ -155,6 +179,52 @@ def test_truncated_mrc(tmp_path):
         io.open_stack(path)
     msg = str(err.value)
     assert str(path) in msg and "truncated" in msg and str(full) in msg and str(full - 100) in msg
+
+
+def test_mrc_truncated_after_opening(tmp_path):
+    path = tmp_path / "t.mrcs"
+    io.write_mrcs(path, images(4, 16))
+    s = io.open_stack(path)
+    full = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(full - 2 * 16 * 16 * 4)
+    with pytest.raises(InputError) as err:
+        s.read([3])
+    msg = str(err.value)
+    assert str(path) in msg and "truncated" in msg and str(full) in msg and str(full - 2048) in msg
+
+
+def test_not_an_mrc_file(tmp_path):
+    path = tmp_path / "list.mrcs"
+    path.write_text("particle 1\n" * 200)
+    with pytest.raises(InputError, match="does not look like an MRC file"):
+        io.open_stack(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "p.mrcs"
+    io.write_mrcs(path, images(2, 8))
+    path.chmod(0)
+    with pytest.raises(InputError, match="not readable"):
+        io.open_stack(path)
+
+
+def test_empty_star(tmp_path):
+    (tmp_path / "e.star").write_text("")
+    with pytest.raises(InputError, match="STAR file is empty"):
+        io.open_stack(tmp_path / "e.star")
+
+
+def test_image_problems():
+    a = images(5, 8)
+    a[1, 2, 3] = np.nan
+    a[2, 0, 0] = -np.inf
+    a[3] = 0
+    a[4] = np.inf  # all infinite: non-finite, not "constant"
+    assert io.image_problems(a).tolist() == [0, io.IMAGE_NONFINITE, io.IMAGE_NONFINITE, io.IMAGE_CONSTANT,
+                                             io.IMAGE_NONFINITE]
+    assert io.image_problems(np.zeros((0, 8, 8))).tolist() == []
 
 
 def test_mrc_shorter_than_header(tmp_path):

@@ -11,6 +11,7 @@ message names the file, says what is wrong and what to do.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import pathlib
@@ -35,6 +36,8 @@ MRC_EXTENSIONS = (".mrc", ".mrcs", ".st")
 HDF_EXTENSIONS = (".hdf", ".h5")
 #: MRC data modes we read: 0 int8, 1 int16, 2 float32, 6 uint16, 12 float16
 _MRC_MODES = {0: "i1", 1: "i2", 2: "f4", 6: "u2", 12: "f2"}
+#: MRC modes that exist but r2d does not read (complex, packed 4-bit)
+_MRC_OTHER_MODES = (3, 4, 101)
 _CTF_KEYS = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amp_contrast", "phase_shift")
 
 
@@ -51,25 +54,82 @@ def _umask() -> int:
     return mask
 
 
+def _process_start() -> float | None:
+    """Start time of this process (seconds since the epoch), or None if unknown."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # pragma: no cover - psutil is a dependency of snakemake, but be safe
+        return None
+
+
+def _remove_stale_parts(path: Path) -> None:
+    """Delete temporary files ``.<name>.*.part`` of `path` left by a writer that was killed.
+
+    Only files last modified before this process started are removed: they cannot belong to a
+    writer that is still running in this process, and a workflow job never has two writers of
+    one output at a time.
+    """
+    start = _process_start()
+    if start is None:
+        return
+    for part in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        try:
+            if part.stat().st_mtime < start - 1.0:
+                part.unlink()
+                log.info("removed %s, a partial file left by an interrupted earlier write", part)
+        except OSError:
+            pass
+
+
 @contextlib.contextmanager
 def atomic_write(path) -> Iterator[pathlib.Path]:
     """Yield a temporary path ``.<name>.<random>.part`` next to `path` to write to.
 
-    On normal exit the file gets mode ``0o666 & ~umask`` and is renamed onto `path` (atomic on
-    POSIX); on an exception it is deleted and the exception propagates. Parent folders are created.
+    On normal exit the file is flushed to disk (fsync), gets mode ``0o666 & ~umask`` and is
+    renamed onto `path` (atomic on POSIX): a reader, or a resumed workflow, sees either the old
+    file or the complete new one, never a partial one. On an exception the temporary file is
+    deleted and the exception propagates; after a hard kill it stays behind under its hidden
+    name and is deleted by the next write of the same `path`. Parent folders are created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every file system lets a folder be fsync'ed)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- image files
@@ -78,6 +138,9 @@ def _check_file(path: Path, what: str = "file") -> None:
         raise InputError(f"{path}: {what} not found (working directory {Path.cwd()}); check the path")
     if not path.is_file():
         raise InputError(f"{path}: is not a regular file; give the path of a {what}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: {what} is not readable (permission denied); fix its permissions "
+                         "(chmod a+r) or copy it somewhere you can read")
 
 
 class _MrcFile:
@@ -106,6 +169,9 @@ class _MrcFile:
         nx, ny, nz, mode = (int(v) for v in ints[:4])
         mx, nsymbt = int(ints[7]), int(ints[23])
         cella_x = float(np.frombuffer(head, dtype=order + "f4", count=11)[10])
+        if mode not in _MRC_MODES and (mode not in _MRC_OTHER_MODES or not 0 < nx < 1 << 24):
+            raise InputError(f"{path}: does not look like an MRC file (header words nx={nx}, ny={ny}, nz={nz}, "
+                             f"mode={mode} make no sense); check that it is an MRC image stack")
         if mode not in _MRC_MODES:
             raise InputError(f"{path}: unsupported MRC data mode {mode} (r2d reads modes 0, 1, 2, 6, 12); "
                              "convert the stack to mode 2 (float32), e.g. with relion_image_handler")
@@ -128,9 +194,21 @@ class _MrcFile:
         return mode in _MRC_MODES and all(0 < v < 1 << 24 for v in (nx, ny, nz))
 
     def read(self, idx: np.ndarray) -> np.ndarray:
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
-                       shape=(self.n, self.box, self.box))
-        return np.array(mm[idx], dtype=np.float32, order="C")
+        expected = self.offset + self.n * self.box * self.box * self.dtype.itemsize
+        try:
+            mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
+                           shape=(self.n, self.box, self.box))
+            return np.array(mm[idx], dtype=np.float32, order="C")
+        except (OSError, ValueError) as exc:
+            try:
+                size = self.path.stat().st_size
+            except OSError:
+                size = None
+            if size is not None and size < expected:
+                raise InputError(f"{self.path}: truncated MRC file: header ({self.box} x {self.box} x {self.n}) "
+                                 f"implies {expected} bytes, file has {size} (it shrank while r2d was "
+                                 "reading it); re-copy or re-extract it") from None
+            raise InputError(f"{self.path}: cannot read images ({exc}); check the file") from None
 
 
 class _HdfFile:
@@ -178,7 +256,11 @@ class _HdfFile:
                 ds = self._dataset(imgs, int(i))
                 if ds.size != self.box * self.box:
                     raise InputError(f"{self.path}: image {i} has shape {ds.shape}, expected box {self.box}")
-                out[k] = ds[()].reshape(self.box, self.box)
+                try:
+                    out[k] = ds[()].reshape(self.box, self.box)
+                except OSError as exc:
+                    raise InputError(f"{self.path}: image {i} cannot be read ({exc}); the file is damaged, "
+                                     "re-copy or re-write it") from None
         return out
 
 
@@ -197,6 +279,31 @@ def _open_image_file(path: Path):
         return _HdfFile(path)
     raise InputError(f"{path}: unknown image file type '{ext}'; particle stacks must be "
                      f"MRC ({', '.join(MRC_EXTENSIONS)}) or EMAN2 HDF ({', '.join(HDF_EXTENSIONS)})")
+
+
+# ----------------------------------------------------------------------------- data checks
+#: codes returned by :func:`image_problems`
+IMAGE_OK, IMAGE_NONFINITE, IMAGE_CONSTANT = 0, 1, 2
+IMAGE_PROBLEMS = {IMAGE_NONFINITE: "NaN/Inf pixels", IMAGE_CONSTANT: "zero variance"}
+
+
+def image_problems(images: np.ndarray) -> np.ndarray:
+    """Per image of a stack ``(k, ny, nx)``: 0 if usable, 1 if it has a NaN or infinite pixel,
+    2 if all its pixels are equal (zero variance: blank or clipped). A pure function of each
+    image, so every step and every chunk finds the same bad particles."""
+    a = np.asarray(images)
+    if a.ndim == 2:
+        a = a[None]
+    out = np.zeros(len(a), dtype=np.int8)
+    if a.size == 0:
+        return out
+    flat = a.reshape(len(a), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        const = finite & (flat.max(axis=1) == flat.min(axis=1))
+    out[~finite] = IMAGE_NONFINITE
+    out[const] = IMAGE_CONSTANT
+    return out
 
 
 # ----------------------------------------------------------------------------- Stack
@@ -339,6 +446,8 @@ def read_star_metadata(path) -> pandas.DataFrame:
 
     path = Path(path)
     _check_file(path, "STAR file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the STAR file is empty; give a RELION particle STAR file")
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises many kinds

@@ -1,18 +1,26 @@
 """Config validation, iteration helpers and wildcard constraints (no rules here)."""
 
+import os
 import sys
 
 from snakemake.utils import validate
 
-from r2d.check import check_config
+from r2d.check import check_workflow_config, format_error
 from r2d.errors import UserError
 
-validate(config, schema="../schemas/config.schema.yaml")
+# Up-front validation, before any job runs (r2d.check; `r2d check` runs the same checks):
+# schema (unknown keys, types, ranges; fills defaults), relations between values, and the
+# input/exclude/initial files from their headers. One message per problem, then exit 1.
 try:
-    INPUT_FACTS = check_config(config)
+    INPUT_FACTS = check_workflow_config(
+        config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+    )
 except UserError as exc:
-    sys.stderr.write(f"\nr2d: configuration error: {exc}\n\n")
+    sys.stderr.write(f"\n{format_error(exc)}\n\n")
     sys.exit(1)
+for _warning in INPUT_FACTS["warnings"]:
+    sys.stderr.write(f"r2d: warning: {_warning}\n")
+validate(config, schema="../schemas/config.schema.yaml")
 
 RUN = config["path"]
 ITERS = [f"{i:02d}" for i in range(1, config["iter"] + 1)]
