@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from r2d.ctf import ctf_1d, ctf_2d, ctf_from_freqs, electron_wavelength
+from r2d.ctf import ParticleCTF, aligned_defocus_angle, ctf_1d, ctf_2d, ctf_from_freqs, electron_wavelength
 
 
 def test_wavelength_known_values():
@@ -91,3 +91,61 @@ def test_vectorised_over_particles_and_bfactor():
     s = np.fft.fftfreq(48, d=3.0)
     env = np.exp(-100.0 * s**2 / 4)
     np.testing.assert_allclose(stack[0, 0, :], ctf_1d(np.abs(s), 10000) * env, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- aligned particles
+@pytest.mark.parametrize("alpha,mirror", [(0.0, 0), (33.0, 0), (-100.0, 0), (0.0, 1), (57.0, 1), (170.0, 1)])
+def test_aligned_angle_is_the_ctf_at_the_source_frequency(alpha, mirror):
+    """A transformed image's FT at k is the original's at L^T k (L = M^m R_alpha), so its CTF is
+    CTF(L^T k): the same CTF with angle ``aligned_defocus_angle``."""
+    rng = np.random.default_rng(0)
+    kx, ky = rng.uniform(-0.2, 0.2, (2, 500))
+    a = np.deg2rad(alpha)
+    ux = -kx if mirror else kx  # M^m k, then R_{-alpha} = [[c, -s], [s, c]]
+    sx = np.cos(a) * ux - np.sin(a) * ky
+    sy = np.sin(a) * ux + np.cos(a) * ky
+    du, dv, ang = 12000.0, 21000.0, 25.0
+    expect = ctf_from_freqs(sx, sy, du, dv, ang)[0]
+    got = ctf_from_freqs(kx, ky, du, dv, aligned_defocus_angle(ang, alpha, mirror))[0]
+    np.testing.assert_allclose(got, expect, atol=1e-9)
+    assert 0 <= aligned_defocus_angle(ang, alpha, mirror) < 180
+
+
+def _params(N=3, **kw):
+    p = dict(defocus_u=np.linspace(9000, 25000, N), defocus_v=np.linspace(8000, 24000, N),
+             defocus_angle=np.linspace(0, 150, N), voltage=np.full(N, 300.0), cs=np.full(N, 2.7),
+             amp_contrast=np.full(N, 0.1), phase_shift=np.zeros(N))
+    p.update(kw)
+    return p
+
+
+def test_wiener_terms_for_raw_flipped_and_premultiplied_data():
+    """E[c·F] = w·S for each kind of data: F = CTF·S (raw), |CTF|·S (flipped), CTF²·S (premultiplied)."""
+    N, n = 3, 32
+    pc = ParticleCTF(_params(N, phase_flipped=np.array([False, True, False]),
+                             premultiplied=np.array([False, False, True])), 3.0)
+    ctf = pc.images(n, alpha=[10, 20, 30], mirror=[0, 1, 0]).astype(np.float64)
+    c, w = pc.wiener_terms(n, alpha=[10, 20, 30], mirror=[0, 1, 0])
+    assert c.shape == w.shape == (N, n, n // 2 + 1) and c.dtype == w.dtype == np.float32
+    F = np.stack([ctf[0], np.abs(ctf[1]), ctf[2] ** 2])  # the images' transfer for S = 1
+    np.testing.assert_allclose(c * F, w, atol=1e-6)
+    np.testing.assert_allclose(w, ctf**2, atol=1e-6)
+
+
+def test_particle_ctf_checks_and_take():
+    pc, why = ParticleCTF.from_params(_params(), 2.0)
+    assert pc is not None and why == ""
+    sub = pc.take([2, 0])
+    assert len(sub) == 2 and sub.params["defocus_u"][0] == pc.params["defocus_u"][2]
+    np.testing.assert_array_equal(sub.images(16)[1], pc.images(16)[0])
+    # per-particle voltage and Cs (several optics groups)
+    mixed = ParticleCTF(_params(2, voltage=np.array([300.0, 200.0]), cs=np.array([2.7, 0.01])), 2.0)
+    np.testing.assert_allclose(mixed.images(16)[1], ctf_2d(16, 2.0, 25000, 24000, 150, voltage=200, cs=0.01, rfft=True)[0],
+                               atol=1e-6)
+    for params, apix, word in [(None, 2.0, "no CTF"), (_params(), None, "pixel size"),
+                               (_params(voltage=np.zeros(3)), 2.0, "voltage"),
+                               (_params(defocus_u=np.array([np.nan, 1.0, 2.0])), 2.0, "non-finite"),
+                               (_params(defocus_u=np.zeros(3), defocus_v=np.zeros(3)), 2.0, "defocus"),
+                               (_params(amp_contrast=np.full(3, 1.5)), 2.0, "amplitude")]:
+        pc, why = ParticleCTF.from_params(params, apix)
+        assert pc is None and word in why

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from r2d import transforms as tf
 from r2d.align import align
 from r2d.cmp import compare
+from r2d.ctf import ParticleCTF
 from r2d.options import Option, parse
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,20 @@ class ClassAverages:
     """Result of :func:`class_averages`.
 
     averages : (K', n, n) float32, one per non-empty class, in increasing class number.
-    class_ids : (K',) class number (as in classmx) of each average.
-    Per particle (N,): ``used`` (bool; in the final average), ``alpha, tx, ty, mirror``
-    (final particle → average transform), ``score`` (classcmp of the last pass, lower is
-    better), ``label`` (class number, −1 = not classified).
-    Per class (K',): ``ptcl_repr`` (particles averaged), ``qual``/``qual_sigma`` (mean and σ
-    of member scores).
+    class_ids : (K',) int, class number (as in classmx) of each average.
+
+    Per particle (N,), in input order: ``label`` (int class number, −1 = not classified),
+    ``used`` (bool; in the final average, i.e. kept by classkeep), ``alpha, tx, ty, mirror``
+    (float64, final particle → average transform in the MTR convention of
+    :mod:`r2d.transforms`; degrees, pixels, 0/1), ``score`` (float64, classcmp of the last
+    pass against the class reference, lower is better; 0 for unclassified particles).
+
+    Per class (K',): ``ptcl_repr`` (int, particles averaged = kept), ``n_excluded`` (int,
+    members left out by classkeep), ``qual``/``qual_sigma`` (mean and σ of all member scores,
+    EMAN2's ``class_ptcl_qual(_sigma)``), ``mean_score`` (mean score of the kept members),
+    ``fsc`` ((K', n//2+1) float64, FSC of the even/odd half-set averages per Fourier ring),
+    ``resolution`` (float64, Å — pixels without ``apix`` — where ``fsc`` falls below 0.143;
+    NaN with fewer than 2 kept members). ``ctf_corrected``: the averager applied the CTF.
     """
 
     averages: np.ndarray
@@ -49,25 +58,54 @@ class ClassAverages:
     ptcl_repr: np.ndarray
     qual: np.ndarray
     qual_sigma: np.ndarray
+    n_excluded: np.ndarray | None = None
+    mean_score: np.ndarray | None = None
+    fsc: np.ndarray | None = None
+    resolution: np.ndarray | None = None
+    ctf_corrected: bool = False
 
     def headers(self) -> list[dict]:
-        """EMAN2-style per-average header dicts (``ptcl_repr``, ``class_ptcl_idxs`` …)."""
+        """EMAN2-style per-average header dicts.
+
+        EMAN2 fields: ``ptcl_repr``, ``class_ptcl_idxs`` (members averaged),
+        ``exc_class_ptcl_idxs`` (members excluded, as EMAN2 records them with ``--storebad``),
+        ``class_ptcl_qual(_sigma)``. r2d fields: ``class_id``, ``n_kept`` (= ptcl_repr),
+        ``n_excluded``, ``mean_score`` (kept members), ``resolution`` (Å, half-set FSC = 0.143),
+        ``fsc_half`` (the half-set FSC per ring 0 … n/2), ``ctf_corrected``. Indices are rows of
+        the particle array given to :func:`class_averages`.
+        """
         out = []
         for k, cid in enumerate(self.class_ids):
             members = np.flatnonzero(self.label == cid)
-            out.append({
+            h = {
                 "class_id": int(cid),
                 "ptcl_repr": int(self.ptcl_repr[k]),
                 "class_ptcl_idxs": members[self.used[members]].astype(np.int64),
                 "exc_class_ptcl_idxs": members[~self.used[members]].astype(np.int64),
                 "class_ptcl_qual": float(self.qual[k]),
                 "class_ptcl_qual_sigma": float(self.qual_sigma[k]),
-            })
+                "n_kept": int(self.ptcl_repr[k]),
+            }
+            if self.n_excluded is not None:
+                h["n_excluded"] = int(self.n_excluded[k])
+            if self.mean_score is not None:
+                h["mean_score"] = float(self.mean_score[k])
+            if self.resolution is not None:
+                h["resolution"] = float(self.resolution[k])
+            if self.fsc is not None:
+                h["fsc_half"] = self.fsc[k].astype(np.float32)
+            h["ctf_corrected"] = bool(self.ctf_corrected)
+            out.append(h)
         return out
 
 
 # ----------------------------------------------------------------------------------------
 # averagers
+
+#: EMAN2's constant in the Wiener denominator of ``ctf.weight`` (``Σ c·F / (Σ CTF² + 0.1)``)
+CTF_WEIGHT_EPS = 0.1
+#: FSC clamp of the automatic filter (EMAN2's ``ctf.weight.autofilt``)
+FSC_CLAMP = (0.001, 0.9999)
 
 
 def _membership(label: np.ndarray, weight: np.ndarray, K: int) -> sp.csr_matrix:
@@ -77,61 +115,214 @@ def _membership(label: np.ndarray, weight: np.ndarray, K: int) -> sp.csr_matrix:
     return sp.csr_matrix((weight[ok].astype(np.float64), (label[ok], idx)), shape=(K, len(label)))
 
 
-def average(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, averager: Option) -> np.ndarray:
-    """Average ``images[i]`` with ``use[i]`` into class ``label[i]``; ``(K, n, n)`` float32.
+def half_index(label: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """Half set (0/1) of each particle: the used members of each class alternate between the
+    halves in particle order (1st → 0, 2nd → 1, …, as EMAN2 adds them); −1 for the others."""
+    N = len(label)
+    key = np.where(use & (label >= 0), label, -1)
+    order = np.lexsort((np.arange(N), key))
+    ranked = key[order]
+    start = np.searchsorted(ranked, ranked, side="left")
+    half = np.empty(N, dtype=np.int64)
+    half[order] = (np.arange(N) - start) % 2
+    return np.where(key >= 0, half, -1)
 
-    ``mean``: pixel mean. ``median``: pixel median. ``ctf.weight.autofilt`` (no CTF data):
-    members go alternately to two halves, ``h_e = ΣF_i/(0.1 + n_e)``, the half-set FSC per
-    ring gives ``w = snr/(snr+1)`` with ``snr = 2·FSC/(1−FSC)``, output ``IFFT((h_0+h_1)·w)``
-    (EMAN2's scale: about twice the mean). ``ctf.weight`` without CTF is the mean.
+
+@dataclass
+class HalfSums:
+    """Fourier-space half-set sums of the members of K classes (rfft2 layout, ``nk = n//2+1``).
+
+    ``num`` (2, K, n, nk) complex128: ``Σ c_i F_i`` over the members of each half (``c = 1``
+    without CTF); ``den`` (2, K, n, nk) float64 with CTF (``Σ CTF_i²``), else (2, K, 1, 1)
+    (member counts); ``count`` (2, K) members per half.
     """
+
+    num: np.ndarray
+    den: np.ndarray
+    count: np.ndarray
+
+    def fsc(self) -> np.ndarray:
+        """FSC per ring ``r = round(|k|)`` between the two half sums, ``(K, n//2+1)`` float64
+        (0 where a half is empty)."""
+        n = self.num.shape[-2]
+        ring = tf.ring_index(n).ravel()
+        nr = n // 2 + 1
+        keep = ring < nr
+        K = self.num.shape[1]
+        a = self.num[0].reshape(K, -1)[:, keep]
+        b = self.num[1].reshape(K, -1)[:, keep]
+        r = ring[keep]
+
+        def rsum(v):
+            return np.stack([np.bincount(r, weights=row, minlength=nr) for row in v]) if len(v) else np.zeros((0, nr))
+
+        num = rsum((a * np.conj(b)).real)
+        den = np.sqrt(rsum(np.abs(a) ** 2) * rsum(np.abs(b) ** 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / den, 0.0)
+
+
+def half_sums(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, *, ctf: ParticleCTF | None = None,
+              alpha=0.0, mirror=0.0, workers: int = 1, batch: int = 512) -> HalfSums:
+    """Half-set Fourier sums (:class:`HalfSums`) of ``images`` (N, n, n) with ``use[i]`` in class ``label[i]``.
+
+    With ``ctf`` (one entry per image), each image is weighted by ``c_i`` and ``CTF_i²`` is
+    summed (:meth:`r2d.ctf.ParticleCTF.wiener_terms`), both evaluated for the image *after*
+    the transform ``(alpha_i, ., ., mirror_i)`` that brought it into the class frame.
+    """
+    images = np.asarray(images, dtype=np.float32)
     N, n, _ = images.shape
-    flat = images.reshape(N, -1).astype(np.float64)
+    nk = n // 2 + 1
+    half = half_index(np.asarray(label), np.asarray(use, dtype=bool))
+    alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (N,))
+    mirror = np.broadcast_to(np.asarray(mirror, dtype=np.float64), (N,))
+    num = np.zeros((2, K, n * nk), np.complex128)
+    den = np.zeros((2, K, n * nk) if ctf is not None else (2, K, 1), np.float64)
+    count = np.zeros((2, K))
+    sel_all = np.flatnonzero(half >= 0)
+    for lo in range(0, len(sel_all), batch):
+        sel = sel_all[lo:lo + batch]
+        F = sfft.rfft2(images[sel], workers=workers).reshape(len(sel), -1)
+        if ctf is not None:
+            c, w = ctf.take(sel).wiener_terms(n, alpha[sel], mirror[sel])
+            F *= c.reshape(len(sel), -1)
+            w = w.reshape(len(sel), -1).astype(np.float64)
+        for e in (0, 1):
+            A = _membership(label[sel], (half[sel] == e).astype(np.float64), K)
+            if A.nnz == 0:
+                continue
+            num[e] += A @ F
+            cnt = np.asarray(A.sum(axis=1)).ravel()
+            count[e] += cnt
+            den[e] += (A @ w) if ctf is not None else cnt[:, None]
+    shape = (2, K, n, nk)
+    return HalfSums(num.reshape(shape), den.reshape(shape) if ctf is not None else den[..., None], count)
+
+
+def autofilter_noise_term(h: HalfSums) -> tuple[np.ndarray, np.ndarray]:
+    """Wiener term ``1/η(r)`` of the automatic filter, ``(K, n//2+1)``, and the clamped half-set FSC.
+
+    The FSC between the half sums ``N_e = Σ c_i F_i`` (clamped to :data:`FSC_CLAMP`) gives the
+    half-set SNR ``FSC/(1−FSC)``, which for ``N_e = D_e·S + noise`` (noise variance ``σ²·D_e``,
+    ``D_e = Σ CTF²``) equals ``η·ΣD²/ΣD`` over the ring, with ``η = |S|²/σ²`` the per-particle
+    SNR before the CTF. Without CTF (``D_e`` = member count) the resulting filter
+    ``n/(n + 1/η)`` is exactly EMAN2's ``snr/(snr+1)``, ``snr = 2·FSC/(1−FSC)``. The term is
+    kept ≥ 1e-3 of the ring's mean ``D`` (no division by ~0 at CTF zeros shared by all members).
+    """
+    fsc = np.clip(h.fsc(), *FSC_CLAMP)
+    snr_half = fsc / (1.0 - fsc)
+    n = h.num.shape[-2]
+    nr = n // 2 + 1
+    K = h.num.shape[1]
+    D = 0.5 * (h.den[0] + h.den[1])
+    D = np.broadcast_to(D, (K, n, n // 2 + 1)).reshape(K, -1)
+    ring = tf.ring_index(n).ravel()
+    keep = ring < nr
+    r = ring[keep]
+    s1 = np.stack([np.bincount(r, weights=row, minlength=nr) for row in D[:, keep]]) if K else np.zeros((0, nr))
+    s2 = np.stack([np.bincount(r, weights=row**2, minlength=nr) for row in D[:, keep]]) if K else np.zeros((0, nr))
+    cnt = np.bincount(r, minlength=nr)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv_eta = np.where(s1 > 0, s2 / np.maximum(s1, 1e-300) / snr_half, 1.0)
+    inv_eta = np.maximum(inv_eta, 1e-3 * s1 / cnt)
+    return inv_eta, fsc
+
+
+def _finish(h: HalfSums, averager: str, n: int, workers: int = 1) -> np.ndarray:
+    """Class averages ``(K, n, n)`` float64 from half sums: ``Σ c·F / (Σ w + ε)`` with ε =
+    ``CTF_WEIGHT_EPS`` (``ctf.weight``) or the automatic ``1/η(r)`` (``ctf.weight.autofilt``,
+    zero beyond the last ring, as EMAN2)."""
+    num = h.num[0] + h.num[1]
+    den = h.den[0] + h.den[1]
+    if averager == "ctf.weight":  # (only called with CTF)
+        F = num / (den + CTF_WEIGHT_EPS)
+    else:
+        inv_eta, _ = autofilter_noise_term(h)
+        ring = tf.ring_index(n)
+        nr = n // 2 + 1
+        term = np.where(ring[None] < nr, inv_eta[:, np.minimum(ring, nr - 1)], np.inf)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            F = np.where(np.isfinite(term), num / (den + term), 0.0)
+    return sfft.irfft2(F, s=(n, n), workers=workers)
+
+
+def average(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, averager: Option | str, *,
+            ctf: ParticleCTF | None = None, alpha=0.0, mirror=0.0, workers: int = 1,
+            return_halves: bool = False):
+    """Average ``images[i]`` (N, n, n) with ``use[i]`` into class ``label[i]``: ``(K, n, n)`` float32.
+
+    Averagers (EMAN2 names, algorithm.md §3.8; empty classes give zero images):
+
+    * ``mean``: pixel mean. ``median``: pixel median.
+    * ``ctf.weight``: Wiener-style CTF correction ``IFFT(Σ c_i F_i / (Σ CTF_i² + 0.1))``
+      (``c`` = CTF, |CTF| for phase-flipped, 1 for premultiplied images); without CTF the mean.
+    * ``ctf.weight.autofilt``: members alternate between two halves; the half-set FSC per ring
+      sets the Wiener term ``1/η(r)`` (:func:`autofilter_noise_term`), output
+      ``IFFT(Σ c_i F_i / (Σ CTF_i² + 1/η(r)))``, 0 beyond ring n/2. Without CTF
+      (``c = CTF² = 1``) this is the mean low-pass filtered by ``snr/(snr+1)``, ``snr =
+      2·FSC/(1−FSC)``: EMAN2's filter, on the scale of the mean (EMAN2's output is the *sum* of
+      the two half averages, about twice that). A class with one member gets that member.
+
+    ``ctf``: per-image CTF (:class:`r2d.ctf.ParticleCTF`, same order as ``images``), used by
+    the ``ctf.*`` averagers only. ``alpha``, ``mirror`` (scalars or (N,)): the transform each
+    image has undergone (the CTF follows it, see :func:`r2d.ctf.aligned_defocus_angle`).
+    ``return_halves``: also return the :class:`HalfSums` behind the average (for resolution);
+    for ``mean``/``median`` they are plain half sums, for the ``ctf.*`` averagers CTF-weighted.
+    """
+    name = averager.name if isinstance(averager, Option) else str(averager)
+    images = np.asarray(images, dtype=np.float32)
+    N, n, _ = images.shape
+    label = np.asarray(label)
     use = np.asarray(use, dtype=bool)
-    if averager.name == "median":
+    if name not in ("mean", "median", "ctf.weight", "ctf.weight.autofilt"):
+        raise ValueError(f"unknown averager {name!r}")
+    halves = None
+    if name.startswith("ctf.") and (ctf is not None or name == "ctf.weight.autofilt"):
+        halves = half_sums(images, label, use, K, ctf=ctf, alpha=alpha, mirror=mirror, workers=workers)
+        out = _finish(halves, name, n, workers)
+        if name == "ctf.weight.autofilt":  # a class with one member: the member itself (EMAN2)
+            A = _membership(label, use.astype(np.float64), K)
+            single = np.asarray(A.sum(axis=1)).ravel() == 1
+            if single.any():
+                out[single] = np.asarray(A[single] @ images.reshape(N, -1)).reshape(-1, n, n)
+    elif name == "median":
+        flat = images.reshape(N, -1)
         out = np.zeros((K, n * n))
         for k in range(K):  # loop over classes; the median itself is vectorised over pixels
             sel = (label == k) & use
             if sel.any():
                 out[k] = np.median(flat[sel], axis=0)
-        return out.reshape(K, n, n).astype(np.float32)
-    if averager.name in ("mean", "ctf.weight"):
+        out = out.reshape(K, n, n)
+    else:  # mean, and ctf.weight without CTF
         A = _membership(label, use.astype(np.float64), K)
         cnt = np.asarray(A.sum(axis=1)).ravel()
-        cnt[cnt == 0] = 1
-        return (np.asarray(A @ flat) / cnt[:, None]).reshape(K, n, n).astype(np.float32)
-    if averager.name == "ctf.weight.autofilt":
-        # half index: alternate among the used members of each class, in particle order
-        half = np.zeros(N, dtype=np.int64)
-        for_rank = np.where(use & (label >= 0), label, -1)
-        order = np.lexsort((np.arange(N), for_rank))
-        ranked = for_rank[order]
-        start = np.searchsorted(ranked, ranked, side="left")
-        half[order] = (np.arange(N) - start) % 2
-        hs = []
-        for e in (0, 1):
-            A = _membership(label, (use & (half == e)).astype(np.float64), K)
-            cnt = np.asarray(A.sum(axis=1)).ravel()
-            hs.append(sfft.rfft2((np.asarray(A @ flat) / (0.1 + cnt[:, None])).reshape(K, n, n)))
-        from r2d.cmp import frc_curve
+        out = (np.asarray(A @ images.reshape(N, -1).astype(np.float64)) / np.maximum(cnt, 1)[:, None])
+        out = out.reshape(K, n, n)
+    out = out.astype(np.float32)
+    if not return_halves:
+        return out
+    if halves is None:
+        halves = half_sums(images, label, use, K, workers=workers)
+    return out, halves
 
-        h0 = sfft.irfft2(hs[0], s=(n, n))
-        h1 = sfft.irfft2(hs[1], s=(n, n))
-        fsc, _ = frc_curve(h0, h1)
-        fsc = np.clip(fsc, 0.001, 0.9999)
-        snr = 2 * fsc / (1 - fsc)
-        w = snr / (snr + 1)
-        ring = np.floor(tf.freq_radius(n)).astype(np.int64)
-        wk = np.where(ring[None] < w.shape[1], w[:, np.minimum(ring, w.shape[1] - 1)], 0.0)
-        out = sfft.irfft2((hs[0] + hs[1]) * wk, s=(n, n))
-        # a class with one member: the member itself (EMAN2)
-        A = _membership(label, use.astype(np.float64), K)
-        cnt = np.asarray(A.sum(axis=1)).ravel()
-        single = cnt == 1
-        if single.any():
-            out[single] = (np.asarray(A @ flat)[single]).reshape(-1, n, n)
-        return out.astype(np.float32)
-    raise ValueError(f"unknown averager {averager.name!r}")
+
+def fsc_resolution(fsc: np.ndarray, n: int, apix: float | None, threshold: float = 0.143) -> np.ndarray:
+    """Resolution (Å; pixels when ``apix`` is None) where each FSC curve ``(K, n//2+1)`` first
+    falls below ``threshold``, linearly interpolated between rings: ``n·apix/r``. A curve that
+    never falls below gives Nyquist (``2·apix``); one below at ring 1 gives ``n·apix``."""
+    fsc = np.atleast_2d(np.asarray(fsc, dtype=np.float64))
+    apix = 1.0 if apix is None else float(apix)
+    nr = fsc.shape[1]
+    out = np.empty(len(fsc))
+    for k, c in enumerate(fsc):
+        below = np.flatnonzero(c[1:] < threshold) + 1
+        if len(below) == 0:
+            r = nr - 1
+        else:
+            j = below[0]
+            r = float(j) if j == 1 else (j - 1) + (c[j - 1] - threshold) / max(c[j - 1] - c[j], 1e-12)
+        out[k] = n * apix / max(r, 1.0)
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -216,8 +407,9 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                    averager: str | Option = "ctf.weight.autofilt", normproc: str | Option | None = "normalize.edgemean",
                    center: str | None = "xform.center", automask: bool = False, maxshift: float | None = None,
                    apix: float | None = None, workers: int = 1,
-                   search_weight: np.ndarray | None = None) -> ClassAverages:
-    """Class averages of ``particles`` (N, n, n) for the classes in ``label`` (N,), e2classaverage-style.
+                   search_weight: np.ndarray | None = None, ctf: ParticleCTF | None = None) -> ClassAverages:
+    """Class averages of ``particles`` (N, n, n) float32 for the classes in ``label`` (N,) int
+    (−1 = in no class), e2classaverage-style (algorithm.md §3.11).
 
     Per class: bootstrap a reference from its members (aligned in doubling blocks to the
     running sum: first member, then the next 1, 2, 4, …), centre it, then ``iterations + 1``
@@ -230,6 +422,14 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     :func:`r2d.transforms.spectral_snr_weight`) filters the particles and references used for
     alignment and scoring only (r2d addition against reference bias); averages use the
     unfiltered particles.
+
+    ``ctf`` (:class:`r2d.ctf.ParticleCTF`, one entry per particle, needs ``apix``): used by the
+    ``ctf.*`` averagers, which weight every aligned member by its CTF *in the class frame*
+    (the astigmatism angle follows the member's rotation and mirror). With CTF, the alignment
+    and scoring images are the particles multiplied by ``c`` (their CTF, |CTF| when
+    phase-flipped) in their own frame, so every frequency correlates with the same sign as
+    the CTF-corrected reference. Without ``ctf`` a ``ctf.*`` averager logs that it averages
+    without CTF correction. ``apix`` (Å/px) is also the unit of ``resolution``.
     """
     particles = np.asarray(particles, dtype=np.float32)
     label = np.asarray(label, dtype=np.int64)
@@ -245,21 +445,33 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     X = tf.normalize(particles, norm.name, **({"radius": norm.get("radius")} if norm and "radius" in norm.params else {})) \
         if norm is not None else particles.copy()
 
-    Xs = X if search_weight is None else tf.radial_filter(X, search_weight, workers=workers)
+    if not averager.name.startswith("ctf."):
+        ctf = None
+    elif ctf is None:
+        log.warning("averager %s: no CTF parameters, so no CTF correction: %s", averager.name,
+                    "averaging as 'mean' with the automatic half-set FSC low-pass (EMAN2 without CTF)"
+                    if averager.name == "ctf.weight.autofilt" else "averaging as 'mean'")
+    elif len(ctf) != N:
+        raise ValueError(f"{len(ctf)} CTF entries for {N} particles")
+    else:
+        log.info("averager %s: CTF-weighted (%d of %d particles phase-flipped, %d premultiplied)",
+                 averager.name, int(ctf.phase_flipped.sum()), N, int(ctf.premultiplied.sum()))
+    # images for the search: CTF-weighted in the particle frame (c·F), then the matched filter
+    Xc = X if ctf is None else _ctf_filter(X, ctf, workers=workers)
+    Xs = Xc if search_weight is None else tf.radial_filter(Xc, search_weight, workers=workers)
 
     def run_align(sel, lab, refs, ref_repr=None):
-        """Align particles ``sel`` to ``refs[lab]``; return params, moved raw particles, scores."""
+        """Align particles ``sel`` to ``refs[lab]``; return params, moved search images, scores."""
         frefs = refs if search_weight is None else tf.radial_filter(refs, search_weight, workers=workers)
         a = align(Xs[sel], frefs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
                   apix=apix, workers=workers)
         moved_s = tf.transform(Xs[sel], a.alpha, a.tx, a.ty, a.mirror)
         score = compare(moved_s, frefs[lab], cmp, apix=apix, ptcl_repr=None if ref_repr is None else ref_repr[lab])
-        moved = moved_s if search_weight is None else tf.transform(X[sel], a.alpha, a.tx, a.ty, a.mirror)
-        return a, moved, score
+        return a, score
 
     lab = np.where(label >= 0, label, -1)
     valid = lab >= 0
-    # ---- bootstrap: rank of each member within its class
+    # ---- bootstrap (running sums of the CTF-weighted members): rank of each member within its class
     order = np.lexsort((np.arange(N), lab))
     ranked = lab[order]
     start = np.searchsorted(ranked, ranked, side="left")
@@ -268,14 +480,14 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     rank[~valid] = -1
     sums = np.zeros((K, n, n), np.float32)
     first = valid & (rank == 0)
-    sums[lab[first]] = X[first]
+    sums[lab[first]] = Xc[first]
     lo_r = 1
     while True:
         sel = np.flatnonzero(valid & (rank >= lo_r) & (rank < 2 * lo_r))
         if len(sel) == 0:
             break
-        a, moved, _ = run_align(sel, lab[sel], sums)
-        np.add.at(sums, lab[sel], moved)
+        a, _ = run_align(sel, lab[sel], sums)
+        np.add.at(sums, lab[sel], tf.transform(Xc[sel], *a.params()))
         lo_r *= 2
     dx, dy = center_shift(sums, center)
     ref = tf.integer_shift(sums, dx, dy)
@@ -297,13 +509,13 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         if it == iterations + 1:
             break
         idx = np.flatnonzero(valid)
-        a, moved, sc = run_align(idx, lab[idx], ref, counts)
+        a, sc = run_align(idx, lab[idx], ref, counts)
         score[idx] = sc
         for p, v in zip(par, a.params()):
             p[idx] = v
         aligned = np.zeros_like(X)
-        aligned[idx] = moved
-        ref = average(aligned, lab, use, K, averager)
+        aligned[idx] = tf.transform(X[idx], *a.params())
+        ref = average(aligned, lab, use, K, averager, ctf=ctf, alpha=par[0], mirror=par[3], workers=workers)
         ref = _shape_reference(ref, max(5, n // 12), automask)
         log.info("class averaging pass %d/%d: mean score %.4f, %d of %d kept", it + 1, iterations + 1,
                  float(score[idx].mean()), int(use.sum()), int(valid.sum()))
@@ -313,11 +525,33 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
               np.where(valid, dy[np.maximum(lab, 0)], 0).astype(float), np.zeros(N))
     final = tf.compose(tuple(par), cshift)
     moved = tf.transform(X, *final)
-    avgs = average(moved, lab, use, K, averager)
+    used = use & valid
+    avgs, halves = average(moved, lab, used, K, averager, ctf=ctf, alpha=final[0], mirror=final[3],
+                           workers=workers, return_halves=True)
+    fsc = halves.fsc()
+    resolution = fsc_resolution(fsc, n, apix)
+    resolution[halves.count.min(axis=0) < 1] = np.nan
     nonempty = counts > 0
-    ptcl_repr = np.bincount(lab[use & valid], minlength=K)
+    ptcl_repr = np.bincount(lab[used], minlength=K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_score = np.bincount(lab[used], score[used], K) / ptcl_repr
     return ClassAverages(
-        averages=avgs[nonempty], class_ids=np.flatnonzero(nonempty), label=lab, used=use & valid,
+        averages=avgs[nonempty], class_ids=np.flatnonzero(nonempty), label=lab, used=used,
         alpha=final[0], tx=final[1], ty=final[2], mirror=final[3], score=score,
         ptcl_repr=ptcl_repr[nonempty], qual=qual[nonempty], qual_sigma=qual_sigma[nonempty],
+        n_excluded=(counts - ptcl_repr)[nonempty], mean_score=mean_score[nonempty], fsc=fsc[nonempty],
+        resolution=resolution[nonempty], ctf_corrected=ctf is not None,
     )
+
+
+def _ctf_filter(images: np.ndarray, ctf: ParticleCTF, *, workers: int = 1, batch: int = 512) -> np.ndarray:
+    """Each image multiplied by its Wiener weight ``c`` (CTF, |CTF| if phase-flipped, 1 if
+    premultiplied) in its own frame: ``(N, n, n)`` float32."""
+    images = np.asarray(images, dtype=np.float32)
+    N, n, _ = images.shape
+    out = np.empty_like(images)
+    for lo in range(0, N, batch):
+        sel = np.arange(lo, min(N, lo + batch))
+        c, _ = ctf.take(sel).wiener_terms(n)
+        out[sel] = sfft.irfft2(sfft.rfft2(images[sel], workers=workers) * c, s=(n, n), workers=workers)
+    return out

@@ -3,8 +3,15 @@
 Reads the particle stack and a ``classmx`` file (only its ``class`` column is used; every
 particle is realigned from scratch) and writes one average per non-empty class to an image
 stack. Headers: ``class_id``, ``ptcl_repr``, ``class_ptcl_idxs`` (input indices averaged),
-``exc_class_ptcl_idxs`` (members excluded by classkeep), ``class_ptcl_qual(_sigma)``.
+``exc_class_ptcl_idxs`` (members excluded by classkeep), ``class_ptcl_qual(_sigma)``,
+``n_kept``, ``n_excluded``, ``mean_score``, ``resolution`` (Å, even/odd half-set FSC = 0.143),
+``fsc_half``, ``ctf_corrected``, ``class_ptcl_src``.
 ``--resultmx`` also writes the per-particle table (class, used, final transform, score).
+
+The ``ctf.*`` averagers use the per-particle CTF of STAR / cryoSPARC inputs (defocus U/V and
+angle, voltage, Cs, amplitude contrast, phase shift; phase-flipped and CTF-premultiplied
+data are recognised) and the stack's pixel size (``--apix`` when the input has none); other
+inputs are averaged without CTF correction, with a message saying why.
 
   $ r2d average particles.mrcs r2d_01/classmx_01.h5 -o r2d_01/classes_01.hdf --iter 5
 """
@@ -13,8 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
+import logging
+
 from r2d import io
 from r2d.average import class_averages
+from r2d.ctf import ParticleCTF
 from r2d.commands._classopts import add_class_args
 from r2d.commands._common import add_threads, read_particles, stack_weight
 
@@ -24,8 +34,24 @@ def add_args(p):
     p.add_argument("classmx", help="classmx file (.h5)")
     p.add_argument("-o", "--output", required=True, help="class averages (.hdf)")
     p.add_argument("--resultmx", help="also write the per-particle result table (.h5)")
+    p.add_argument("--apix", type=float, default=None, help="pixel size (Å) if the stack has none")
     add_class_args(p)
     add_threads(p)
+
+
+log = logging.getLogger(__name__)
+
+
+def particle_ctf(stack: io.Stack, particle: np.ndarray, apix: float | None, averager: str) -> ParticleCTF | None:
+    """The CTF of particles ``particle`` (input indices) for a ``ctf.*`` averager, else None
+    (logging why a CTF averager gets no CTF)."""
+    if not averager.split(":")[0].startswith("ctf."):
+        return None
+    ctf, why = ParticleCTF.from_params(stack.ctf_params(), apix)
+    if ctf is None:
+        log.warning("%s: no CTF correction in class averaging: %s", stack.path, why)
+        return None
+    return ctf.take(particle)
 
 
 def main(args):
@@ -33,19 +59,21 @@ def main(args):
     cmx = io.read_matrix(args.classmx)
     particle = cmx["particle"]
     parts = read_particles(stack, particle)
+    apix = stack.pixel_size or args.apix
     res = class_averages(
         parts, cmx["class"], iterations=args.iter, keep=args.keep, keepsig=args.keepsig, aligner=args.align,
         aligncmp=args.aligncmp, ralign=args.ralign, raligncmp=args.raligncmp, cmp=args.cmp,
         averager=args.averager, normproc=args.normproc, center=args.center, automask=args.automask,
-        maxshift=args.maxshift, apix=stack.pixel_size, workers=args.threads,
+        maxshift=args.maxshift, apix=apix, workers=args.threads,
         search_weight=stack_weight(stack, workers=args.threads),
+        ctf=particle_ctf(stack, particle, apix, args.averager),
     )
     headers = res.headers()
     for h in headers:  # indices into the input stack, not into the rows of classmx
         h["class_ptcl_idxs"] = particle[h["class_ptcl_idxs"]]
         h["exc_class_ptcl_idxs"] = particle[h["exc_class_ptcl_idxs"]]
         h["class_ptcl_src"] = str(args.input)
-    io.write_image_stack(args.output, res.averages, headers, pixel_size=stack.pixel_size)
+    io.write_image_stack(args.output, res.averages, headers, pixel_size=apix)
     if args.resultmx:
         io.write_matrix(args.resultmx, {
             "class": res.label.astype(np.int32), "used": res.used.astype(np.int8), "particle": particle,
