@@ -35,7 +35,9 @@ demo: venv demo-data
 		--report $(DEMO)/report.html \
 		--config input=$(DEMO)/particles.star path=$(DEMO)/r2d_01 ncls=16 iter=4
 	$(BIN)/r2d evaluate $(DEMO)/r2d_01 $(DEMO)/truth.tsv
-	@echo "Report: $(CURDIR)/$(DEMO)/report.html"
+	@echo "Report:  $(CURDIR)/$(DEMO)/report.html (open in a browser)"
+	@echo "Exports: $(CURDIR)/$(DEMO)/r2d_01/export/ (particles.star for RELION, class_averages.mrcs/.star/.hdf)"
+	@echo "Subsets: $(BIN)/r2d select $(DEMO)/r2d_01 --auto -o $(DEMO)/selected.star  (or --classes 1,4,7)"
 
 test: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q

@@ -17,6 +17,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/init.smk"
 include: "workflow/rules/iteration.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

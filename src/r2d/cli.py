@@ -36,6 +36,8 @@ COMMANDS = {
     "cmp": "cmp",
     # outputs
     "montage": "montage",
+    "export": "export",
+    "select": "select",
 }
 
 

@@ -1,9 +1,15 @@
-"""Pictures and summaries of a run: class-average montages (matplotlib) and per-iteration statistics."""
+"""Pictures and summaries of a run for ``snakemake --report``: class-average montages, the
+convergence plot, the class-size plot and per-iteration statistics (matplotlib, Agg backend).
+
+Class numbers shown to people are **1-based** (as RELION's ``rlnClassNumber`` in the exports):
+class ``k`` is ``class_id`` ``k − 1`` of r2d's artifacts. The *particle count* of a class is its
+number of members (particles classified into it, ``n_kept + n_excluded``); the average itself
+holds the kept ones (EMAN2's ``ptcl_repr``).
+"""
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 
@@ -12,69 +18,210 @@ import numpy as np
 from r2d import io
 
 
-def montage(images: np.ndarray, labels: list[str], path, *, title: str = "", ncols: int | None = None) -> None:
-    """Grid of images, each contrast-normalised (1st–99th percentile), with a label under each; PNG."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    K = len(images)
-    ncols = ncols or int(np.ceil(np.sqrt(K * 1.3)))
-    nrows = max(1, int(np.ceil(K / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.45 * nrows + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for k in range(K):
-        ax = axes.ravel()[k]
-        img = images[k]
-        lo, hi = np.percentile(img, [1, 99])
-        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower", interpolation="nearest")
-        ax.set_title(labels[k], fontsize=7, y=-0.22)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    return plt
+
+
+def _save(fig, path) -> None:
+    plt = _pyplot()
     with io.atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
+def normalise(img: np.ndarray) -> tuple[float, float]:
+    """Display range of one image: its 1st and 99th percentiles (contrast per image)."""
+    lo, hi = np.percentile(img, [1, 99])
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def montage(images: np.ndarray, labels: list[str], path, *, title: str = "", ncols: int | None = None) -> None:
+    """Grid of images, each contrast-normalised (1st–99th percentile), with a label under each; PNG."""
+    plt = _pyplot()
+    K = len(images)
+    ncols = ncols or max(1, int(np.ceil(np.sqrt(K * 1.3))))
+    nrows = max(1, int(np.ceil(K / ncols)))
+    lines = max([lab.count("\n") + 1 for lab in labels] or [1])
+    cell_h = 1.3 + 0.15 * lines
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.35 * ncols, cell_h * nrows + 0.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k in range(K):
+        ax = axes.ravel()[k]
+        lo, hi = normalise(images[k])
+        ax.imshow(images[k], cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
+        ax.text(0.5, -0.04, labels[k], transform=ax.transAxes, ha="center", va="top", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- class statistics
+def class_stats(headers: list[dict]) -> dict[str, np.ndarray]:
+    """Per-average numbers from class-average headers: ``class_id``, ``members``, ``kept`` and
+    ``resolution`` (Å; NaN where the header is absent)."""
+    ids, members, kept, res = [], [], [], []
+    for i, h in enumerate(headers):
+        ids.append(int(h.get("class_id", i)))
+        n_kept = h.get("n_kept", h.get("ptcl_repr"))
+        if n_kept is None:
+            n_kept = len(h.get("class_ptcl_idxs", []) or [])
+        n_exc = h.get("n_excluded")
+        if n_exc is None:
+            n_exc = len(h.get("exc_class_ptcl_idxs", []) or [])
+        kept.append(int(n_kept))
+        members.append(int(n_kept) + int(n_exc))
+        r = h.get("resolution")
+        res.append(float(r) if isinstance(r, (int, float)) and not isinstance(r, bool) else np.nan)
+    return {"class_id": np.array(ids, dtype=int), "members": np.array(members, dtype=int),
+            "kept": np.array(kept, dtype=int), "resolution": np.array(res, dtype=float)}
+
+
+def class_label(class_id: int, members: int, resolution: float = np.nan) -> str:
+    """``"#3 · 412 ptcl"`` (1-based class number), plus ``"\\n12.3 Å"`` when the resolution is known."""
+    text = f"#{class_id + 1} · {members} ptcl"
+    if np.isfinite(resolution) and resolution > 0:
+        text += f"\n{resolution:.1f} Å"
+    return text
+
+
 def class_montage(stack_path, out_path, title: str = "") -> None:
-    """Montage of a class-average stack sorted by particle count (largest first)."""
+    """Montage of a class-average stack sorted by particle count (largest first), each average
+    labelled with its class number, particle count and (when the header has it) resolution."""
     imgs = io.read_image_stack(stack_path)
-    heads = io.read_image_headers(stack_path)
-    counts = np.array([h.get("ptcl_repr", 0) for h in heads])
-    order = np.argsort(-counts, kind="stable")
-    labels = [f"#{heads[i].get('class_id', i)}: {counts[i]} ptcl" for i in order]
-    montage(imgs[order], labels, out_path, title=title)
+    st = class_stats(io.read_image_headers(stack_path))
+    order = np.argsort(-st["members"], kind="stable")
+    labels = [class_label(st["class_id"][i], st["members"][i], st["resolution"][i]) for i in order]
+    total = int(st["members"].sum())
+    full = f"{title} — {len(imgs)} classes, {total} particles" if title else ""
+    montage(imgs[order], labels, out_path, title=full)
+
+
+# ----------------------------------------------------------------------------- run summary
+def _changed(prev: np.ndarray, cls: np.ndarray) -> int:
+    """Particles whose class changed, after the best one-to-one matching of the two numberings
+    (k-means numbers its classes arbitrarily in every iteration)."""
+    from scipy.optimize import linear_sum_assignment
+
+    ok = (cls >= 0) & (prev >= 0)
+    if not ok.any():
+        return 0
+    a, b = prev[ok], cls[ok]
+    M = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(M, (a, b), 1)
+    r, c = linear_sum_assignment(-M)
+    return int(ok.sum() - M[r, c].sum())
 
 
 def run_summary(run_dir) -> dict:
-    """Per-iteration numbers of a run folder: classes, particles that changed class, mean class score."""
+    """Per-iteration numbers of a run folder: ``iteration`` (0 = initial classes), ``classes``
+    (non-empty), ``particles`` (classified), ``changed`` (particles that changed class since the
+    previous iteration, after matching class numbers; absent for iteration 0), ``changed_frac``,
+    ``mean_score`` (mean classcmp score of the classified particles against their class
+    average; lower is better), ``kept`` (particles in the averages), ``median_resolution``
+    (Å, when the averages carry a ``resolution`` header); and ``final_classes``: per class of
+    the last iteration ``class`` (1-based), ``members``, ``kept``, ``resolution``."""
     files = sorted(glob.glob(os.path.join(run_dir, "classmx_[0-9][0-9].h5")))
-    out = {"iterations": []}
+    out: dict = {"iterations": []}
     prev = None
     for f in files:
         it = int(re.search(r"classmx_(\d\d)\.h5$", f).group(1))
         cmx = io.read_matrix(f)
-        cls = cmx["class"]
+        cls = np.full(int(cmx["particle"].max()) + 1, -1, dtype=np.int64)
+        cls[cmx["particle"]] = cmx["class"]
         entry = {"iteration": it, "classes": int(len(np.unique(cls[cls >= 0]))), "particles": int((cls >= 0).sum())}
-        if prev is not None and it > 0 and len(prev) == len(cls):
-            # class numbers are arbitrary between runs of k-means: count particles whose class
-            # partner set changed, via the best one-to-one match of classes
-            from scipy.optimize import linear_sum_assignment
-
-            ok = (cls >= 0) & (prev >= 0)
-            a, b = prev[ok], cls[ok]
-            M = np.zeros((a.max() + 1, b.max() + 1))
-            np.add.at(M, (a, b), 1)
-            r, c = linear_sum_assignment(-M)
-            entry["changed"] = int(ok.sum() - M[r, c].sum())
-        res = os.path.join(run_dir, f"resultmx_{it:02d}.h5")
+        if prev is not None:
+            n = max(len(prev), len(cls))
+            pad = lambda a: np.concatenate([a, np.full(n - len(a), -1, dtype=a.dtype)])  # noqa: E731
+            entry["changed"] = _changed(pad(prev), pad(cls))
+            entry["changed_frac"] = entry["changed"] / max(1, entry["particles"])
+        name = "init" if it == 0 else f"{it:02d}"
+        res = os.path.join(run_dir, f"resultmx_{name}.h5")
         if os.path.exists(res):
             rm = io.read_matrix(res)
-            entry["mean_score"] = float(np.mean(rm["score"][rm["class"] >= 0]))
+            ok = rm["class"] >= 0
+            entry["mean_score"] = float(np.mean(rm["score"][ok])) if ok.any() else None
             entry["kept"] = int(rm["used"].sum())
+        classes = os.path.join(run_dir, f"classes_{name}.hdf")
+        if os.path.exists(classes):
+            st = class_stats(io.read_image_headers(classes))
+            if np.isfinite(st["resolution"]).any():
+                entry["median_resolution"] = float(np.nanmedian(st["resolution"]))
+            out["final_classes"] = [
+                {"class": int(k) + 1, "members": int(m), "kept": int(p),
+                 "resolution": None if not np.isfinite(r) else float(r)}
+                for k, m, p, r in zip(st["class_id"], st["members"], st["kept"], st["resolution"])]
         out["iterations"].append(entry)
-        prev = cls if it > 0 else None
+        prev = cls
     return out
+
+
+def convergence_plot(summary: dict, path) -> None:
+    """Two panels over the iterations: particles that changed class, and the mean score."""
+    plt = _pyplot()
+    its = summary["iterations"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.5, 3.2))
+    ch = [(e["iteration"], 100 * e["changed_frac"]) for e in its if "changed_frac" in e]
+    if ch:
+        x, y = zip(*ch)
+        a1.plot(x, y, "o-", color="C0")
+        for xi, e in zip(x, [e for e in its if "changed_frac" in e]):
+            a1.annotate(str(e["changed"]), (xi, 100 * e["changed_frac"]), textcoords="offset points",
+                        xytext=(0, 5), ha="center", fontsize=7)
+        a1.set_ylim(bottom=0)
+    else:
+        a1.text(0.5, 0.5, "needs two iterations", transform=a1.transAxes, ha="center")
+    a1.set_xlabel("iteration")
+    a1.set_ylabel("particles that changed class (%)")
+    a1.set_title("class changes (count above each point)", fontsize=9)
+    sc = [(e["iteration"], e["mean_score"]) for e in its if e.get("mean_score") is not None]
+    if sc:
+        x, y = zip(*sc)
+        a2.plot(x, y, "s-", color="C1")
+    a2.set_xlabel("iteration")
+    a2.set_ylabel("mean score (lower is better)")
+    a2.set_title("particle vs class-average score", fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
+    allx = [e["iteration"] for e in its]
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.set_xticks(allx, ["init" if v == 0 else str(v) for v in allx])
+        ax.set_xlim(min(allx) - 0.3, max(allx) + 0.3)
+    a1.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def class_size_plot(summary: dict, path) -> None:
+    """Class sizes of the last iteration: bars per class (largest first; kept part darker) and
+    the histogram of class sizes."""
+    plt = _pyplot()
+    cl = summary.get("final_classes") or []
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.5, 3.2), gridspec_kw={"width_ratios": [2, 1]})
+    if cl:
+        cl = sorted(cl, key=lambda c: -c["members"])
+        x = np.arange(len(cl))
+        a1.bar(x, [c["members"] for c in cl], color="C0", alpha=0.45, label="members")
+        a1.bar(x, [c["kept"] for c in cl], color="C0", label="in the average")
+        a1.set_xticks(x, [str(c["class"]) for c in cl], fontsize=max(4, 8 - len(cl) // 16))
+        a1.legend(fontsize=7)
+        sizes = [c["members"] for c in cl]
+        a2.hist(sizes, bins=min(20, max(3, len(sizes) // 2)), color="C2")
+    a1.set_xlabel("class (largest first)")
+    a1.set_ylabel("particles")
+    a1.set_title("particles per class", fontsize=9)
+    a2.set_xlabel("particles per class")
+    a2.set_ylabel("classes")
+    a2.set_title("class-size histogram", fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
+    a2.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    _save(fig, path)

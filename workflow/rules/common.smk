@@ -83,4 +83,9 @@ def class_args(iterations):
 
 
 def final_outputs():
-    return [art(f"classes_{ITERS[-1]}.hdf"), art("report/summary.json")]
+    """Final targets (the default `all` target).
+
+    The last class averages, the report's pictures (REPORT_FILES in report.smk) and the
+    exports (EXPORT_FILES in export.smk).
+    """
+    return [art(f"classes_{ITERS[-1]}.hdf"), *REPORT_FILES, *EXPORT_FILES]

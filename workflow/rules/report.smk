@@ -1,4 +1,27 @@
-"""Montages of the class averages and a run summary for `snakemake --report`."""
+"""Pictures for `snakemake --report`: class-average montages (final, initial, every iteration),
+the convergence and class-size plots and the per-iteration summary (`r2d montage`)."""
+
+import os
+
+
+rule montage_final:
+    input:
+        art(f"classes_{ITERS[-1]}.hdf"),
+    output:
+        report(
+            art("report/final_classes.png"),
+            caption="../report/final.rst",
+            category="1. Final class averages",
+            labels={"figure": "montage", "iteration": ITERS[-1]},
+        ),
+    log:
+        art("logs/montage_final.log"),
+    conda:
+        "../envs/r2d.yaml"
+    params:
+        title=f"final class averages (iteration {ITERS[-1]})",
+    shell:
+        "r2d montage {input} -o {output} --title '{params.title}' > {log} 2>&1"
 
 
 rule montage_init:
@@ -8,8 +31,9 @@ rule montage_init:
         report(
             art("report/classes_init.png"),
             caption="../report/montage.rst",
-            category="Class averages",
-            labels={"iteration": "init"},
+            category="3. Class averages per iteration",
+            subcategory="init",
+            labels={"figure": "montage", "iteration": "init"},
         ),
     log:
         art("logs/montage_init.log"),
@@ -26,32 +50,59 @@ rule montage:
         report(
             art("report/classes_{it}.png"),
             caption="../report/montage.rst",
-            category="Class averages",
-            labels={"iteration": "{it}"},
+            category="3. Class averages per iteration",
+            subcategory="iteration {it}",
+            labels={"figure": "montage", "iteration": "{it}"},
         ),
     log:
         art("logs/montage_{it}.log"),
     conda:
         "../envs/r2d.yaml"
     shell:
-        "r2d montage {input} -o {output} --title 'classes_{wildcards.it}' > {log} 2>&1"
+        "r2d montage {input} -o {output} --title 'iteration {wildcards.it}' > {log} 2>&1"
 
 
 rule summary:
     input:
-        montages=[art(f"report/classes_{it}.png") for it in ITERS]
-        + ([] if config["initial"] else [art("report/classes_init.png")]),
         classmx=[art(f"classmx_{it}.h5") for it in ITERS],
+        resultmx=[art(f"resultmx_{it}.h5") for it in ITERS],
         classes=[art(f"classes_{it}.hdf") for it in ITERS],
     output:
-        report(
+        summary=report(
             art("report/summary.json"),
             caption="../report/summary.rst",
-            category="Run summary",
+            category="2. Convergence",
+            labels={"figure": "summary (JSON)"},
+        ),
+        convergence=report(
+            art("report/convergence.png"),
+            caption="../report/convergence.rst",
+            category="2. Convergence",
+            labels={"figure": "convergence"},
+        ),
+        sizes=report(
+            art("report/class_sizes.png"),
+            caption="../report/class_sizes.rst",
+            category="2. Convergence",
+            labels={"figure": "class sizes"},
         ),
     log:
         art("logs/summary.log"),
     conda:
         "../envs/r2d.yaml"
+    params:
+        run=lambda w, input: os.path.dirname(input.classmx[0]),
     shell:
-        "r2d montage --summary \"$(dirname {input.classmx[0]})\" -o {output} > {log} 2>&1"
+        "r2d montage --summary {params.run} -o {output.summary} --convergence {output.convergence}"
+        " --class-sizes {output.sizes} > {log} 2>&1"
+
+
+# The report's pictures and summary (final targets).
+REPORT_FILES = [
+    art("report/final_classes.png"),
+    art("report/summary.json"),
+    art("report/convergence.png"),
+    art("report/class_sizes.png"),
+    *[art(f"report/classes_{it}.png") for it in ITERS],
+    *([] if config["initial"] else [art("report/classes_init.png")]),
+]

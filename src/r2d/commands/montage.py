@@ -1,7 +1,15 @@
-"""Montage PNG of class averages (sorted by particle count), or a JSON summary of a run.
+"""Montage PNG of class averages (sorted by particle count), or a run's summary and plots.
 
-  $ r2d montage r2d_01/classes_08.hdf -o classes_08.png
-  $ r2d montage --summary r2d_01 -o r2d_01/report/summary.json
+A montage shows every average contrast-normalised on its own, largest class first, with its
+class number (1-based, as in the RELION export), particle count and, when the averages carry a
+``resolution`` header, the resolution in Å under it. ``--summary RUN_DIR`` writes the
+per-iteration numbers as JSON (see ``r2d.montage.run_summary``) and, on request, the
+convergence plot (particles that changed class and mean score per iteration) and the
+class-size plot of the last iteration.
+
+  $ r2d montage r2d_01/classes_08.hdf -o classes_08.png --title "iteration 08"
+  $ r2d montage --summary r2d_01 -o r2d_01/report/summary.json \\
+        --convergence r2d_01/report/convergence.png --class-sizes r2d_01/report/class_sizes.png
 """
 
 from __future__ import annotations
@@ -9,7 +17,8 @@ from __future__ import annotations
 import json
 
 from r2d import io
-from r2d.montage import class_montage, run_summary
+from r2d.errors import UserError
+from r2d.montage import class_montage, class_size_plot, convergence_plot, run_summary
 
 
 def add_args(p):
@@ -17,12 +26,23 @@ def add_args(p):
     p.add_argument("-o", "--output", required=True, help="PNG (montage) or JSON (--summary)")
     p.add_argument("--title", default="", help="title above the montage")
     p.add_argument("--summary", metavar="RUN_DIR", help="write the per-iteration summary of RUN_DIR instead")
+    p.add_argument("--convergence", metavar="PNG", help="with --summary: also write the convergence plot")
+    p.add_argument("--class-sizes", metavar="PNG", help="with --summary: also write the class-size plot")
 
 
 def main(args):
     if args.summary:
         data = run_summary(args.summary)
+        if not data["iterations"]:
+            raise UserError(f"{args.summary}: no classmx_YY.h5 files; is it an r2d run folder?")
         with io.atomic_write(args.output) as tmp:
             tmp.write_text(json.dumps(data, indent=2) + "\n")
+        if args.convergence:
+            convergence_plot(data, args.convergence)
+        if args.class_sizes:
+            class_size_plot(data, args.class_sizes)
         return 0
+    if not args.input:
+        raise UserError("give a class-average stack, or --summary RUN_DIR")
     class_montage(args.input, args.output, title=args.title)
+    return 0

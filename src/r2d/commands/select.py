@@ -1,0 +1,94 @@
+"""Write a particle subset by class: chosen class numbers, or an automatic selection by class score.
+
+SOURCE is an exported ``particles.star`` (``r2d export``; the workflow writes
+``{path}/export/particles.star``) or a run folder. Class numbers are 1-based, as
+``rlnClassNumber`` and the report's montages. The subset is a RELION 3.1 STAR file (optics block
+kept, image names rewritten for its location) and, with ``--mrcs``, a stack of just those
+particles. The class table (particles, resolution, contrast, score, kept) is printed.
+
+``--auto`` keeps the classes whose score (``r2d.select``: log2 of resolution, contrast of the
+average and, for very small classes, particle count, relative to the typical class) is at least
+``--threshold`` (default -1, i.e. about half as good as the typical class; ``--score`` picks a
+single criterion), then drops particles whose score against their class average is an outlier
+(more than ``--outlier-z`` robust standard deviations worse than the class median; default 3).
+
+  $ r2d select r2d_01 --classes 1,4,7 -o good.star
+  $ r2d select r2d_01/export/particles.star --auto -o good.star --mrcs good.mrcs
+  $ r2d select r2d_01 --exclude-classes 3,12 -o no_junk.star
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from r2d.errors import UserError
+from r2d.export import PATH_MODES
+from r2d.select import (DEFAULT_OUTLIER_Z, DEFAULT_THRESHOLD, SCORES, format_table, load_class_averages,
+                        parse_classes, resolve_source, score_classes, score_outliers, select_classes,
+                        write_subset)
+
+
+def add_args(p):
+    p.add_argument("source", help="exported particles.star, or a run folder (uses RUN/export/particles.star)")
+    p.add_argument("-o", "--output", required=True, help="subset STAR file to write")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--classes", help="class numbers to keep, e.g. 1,4,7 or 2-5,9")
+    how.add_argument("--auto", action="store_true", help="keep the classes scoring at least --threshold")
+    p.add_argument("--exclude-classes", help="class numbers to drop (after --classes/--auto; alone: keep all others)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="--auto: lowest score kept (default %(default)s; 0 = typical class)")
+    p.add_argument("--score", choices=SCORES, default="combined", help="--auto: what to rank classes by")
+    p.add_argument("--outlier-z", type=float, default=None,
+                   help=f"drop particles scoring more than Z robust σ worse than their class median "
+                        f"(default {DEFAULT_OUTLIER_Z:g} with --auto, off otherwise; 0 = off)")
+    p.add_argument("--drop-excluded", action="store_true",
+                   help="also drop particles that classkeep left out of their class average (r2dExcluded = 1)")
+    p.add_argument("--mrcs", help="also write the selected particle images to this MRC stack")
+    p.add_argument("--class-averages", help="class_averages.star (default: next to particles.star)")
+    p.add_argument("--paths", choices=[m for m in PATH_MODES if m != "keep"], default="relative",
+                   help="image names relative to the output STAR file (default) or absolute")
+    p.add_argument("-n", "--dry-run", action="store_true", help="print the selection, write nothing")
+
+
+def main(args):
+    from r2d.export import read_star_tables
+
+    src = resolve_source(args.source)
+    parts = read_star_tables(src).get("particles")
+    if parts is None or "rlnClassNumber" not in parts:
+        raise UserError(f"{src}: no rlnClassNumber column; give the particles.star that r2d export wrote")
+    cls = parts["rlnClassNumber"].to_numpy(dtype=int)
+    ca = load_class_averages(src, args.class_averages)
+    table = None
+    counts = {int(k): int(v) for k, v in zip(*np.unique(cls[cls >= 1], return_counts=True))}
+    if ca is not None:
+        res, imgs, apix = ca
+        members = np.bincount(cls[cls >= 1], minlength=len(imgs) + 1)[1:len(imgs) + 1]
+        table = score_classes(members, res, imgs, apix, args.score)
+    keep = select_classes(cls, classes=parse_classes(args.classes), exclude=parse_classes(args.exclude_classes),
+                          table=table, auto=args.auto, threshold=args.threshold)
+    mask = np.isin(cls, keep) & (cls >= 1)
+    if args.drop_excluded:
+        if "r2dExcluded" not in parts:
+            raise UserError(f"{src}: no r2dExcluded column for --drop-excluded; re-run r2d export")
+        mask &= parts["r2dExcluded"].to_numpy() == 0
+    z = args.outlier_z if args.outlier_z is not None else (DEFAULT_OUTLIER_Z if args.auto else 0.0)
+    n_out = 0
+    if z > 0:
+        if "r2dScore" not in parts:
+            raise UserError(f"{src}: no r2dScore column for the outlier step; re-run r2d export (or --outlier-z 0)")
+        out = score_outliers(np.where(mask, cls, 0), parts["r2dScore"].to_numpy(dtype=float), z)
+        n_out = int(out.sum())
+        mask &= ~out
+    print(format_table(table, counts, keep))
+    print(f"kept {len(keep)} of {len(counts)} classes: {', '.join(map(str, keep)) or '-'}")
+    if z > 0:
+        print(f"dropped {n_out} particles scoring more than {z:g} robust σ worse than their class median")
+    print(f"kept {int(mask.sum())} of {len(cls)} particles")
+    if not mask.any():
+        raise UserError("the selection is empty; nothing written (check the class numbers or --threshold)")
+    if args.dry_run:
+        return 0
+    n = write_subset(src, mask, args.output, mrcs=args.mrcs, paths=args.paths)
+    print(f"wrote {args.output} ({n} particles)" + (f" and {args.mrcs}" if args.mrcs else ""))
+    return 0

@@ -1,0 +1,104 @@
+"""`r2d select`: particle subsets by class number, by exclusion, and by the automatic class score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import starfile
+
+from r2d import cli, io
+from r2d.errors import UserError
+from r2d.select import contrast, parse_classes, score_classes, score_outliers, select_classes
+from test_export import N, tiny_run
+from conftest import blob_image
+
+
+@pytest.fixture(scope="module")
+def run_wd(tmp_path_factory):
+    return tiny_run(tmp_path_factory)
+
+
+def classes_of(run_wd):
+    return io.read_matrix(run_wd / "run" / "classmx_01.h5")["class"] + 1  # 1-based, particle order
+
+
+def test_select_classes_writes_exactly_those_particles(run_wd, tmp_path, capsys):
+    cls = classes_of(run_wd)
+    out = tmp_path / "sub" / "c13.star"
+    assert cli.main(["select", str(run_wd / "run"), "--classes", "1,3", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    want = np.flatnonzero(np.isin(cls, [1, 3]))
+    assert f"kept {len(want)} of {N} particles" in printed and "kept 2 of 4 classes: 1, 3" in printed
+    tables = starfile.read(out, always_dict=True)
+    assert "optics" in tables
+    np.testing.assert_array_equal(tables["particles"]["rlnClassNumber"], cls[want])
+    # the image names were rewritten for the new folder: same images as the input's particles
+    src = io.open_stack(run_wd / "data" / "particles.star").read(want)
+    np.testing.assert_array_equal(io.open_stack(out).read(slice(None)), src)
+
+
+def test_exclude_classes_and_mrcs_stack(run_wd, tmp_path):
+    cls = classes_of(run_wd)
+    star = run_wd / "run" / "export" / "particles.star"
+    out, mrcs = tmp_path / "x.star", tmp_path / "stacks" / "x.mrcs"
+    assert cli.main(["select", str(star), "--exclude-classes", "2", "--drop-excluded", "-o", str(out),
+                     "--mrcs", str(mrcs)]) == 0
+    exc = starfile.read(star, always_dict=True)["particles"]["r2dExcluded"].to_numpy()
+    want = np.flatnonzero((cls != 2) & (exc == 0))
+    parts = starfile.read(out, always_dict=True)["particles"]
+    assert len(parts) == len(want) and set(parts["rlnClassNumber"]) <= {1, 3, 4}
+    assert parts["rlnImageName"].iloc[0] == "000001@stacks/x.mrcs"
+    st = io.open_stack(out)
+    assert st.pixel_size == 10.0
+    np.testing.assert_array_equal(st.read(slice(None)), io.open_stack(star).read(want))
+
+
+def test_auto_selection_on_the_tiny_run_and_dry_run(run_wd, tmp_path, capsys):
+    out = tmp_path / "auto.star"
+    assert cli.main(["select", str(run_wd / "run"), "--auto", "-o", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "score" in printed and "contrast" in printed and not out.exists()
+    with pytest.raises(SystemExit):
+        cli.main(["select", str(run_wd / "run"), "--auto", "--classes", "1", "-o", str(out)])
+    assert cli.main(["select", str(run_wd / "run"), "--classes", "9", "-o", str(out)]) == 2  # empty: an error
+
+
+def test_parse_classes():
+    assert parse_classes("1,4,7") == [1, 4, 7]
+    assert parse_classes(" 2-4, 9,2") == [2, 3, 4, 9]
+    assert parse_classes(None) == []
+    for bad in ("0", "a", "1,,x"):
+        with pytest.raises(UserError):
+            parse_classes(bad)
+
+
+def test_auto_score_drops_noise_and_blob_classes_keeps_particles():
+    """Synthetic class averages: six particle classes (one small), a noise class, a blob class."""
+    rng = np.random.default_rng(1)
+    n = 48
+    particle = blob_image(n, [(0, 0, 4, 1.0), (6, 3, 3, 0.8), (-5, 4, 2, 0.6), (2, -7, 3, 0.7)])
+    avgs = [particle + rng.normal(scale=0.03, size=(n, n)) for _ in range(6)]
+    avgs.append(rng.normal(scale=0.3, size=(n, n)))  # average of pure noise
+    avgs.append(blob_image(n, [(1, 1, 5, 1.0)]) + rng.normal(scale=0.1, size=(n, n)))  # a blob, low resolution
+    avgs = np.array(avgs, dtype=np.float32)
+    members = np.array([120, 110, 100, 90, 80, 25, 60, 50])
+    res = np.array([12, 12.5, 13, 12, 14, 18, 999, 45.0])
+    t = score_classes(members, res, avgs, apix=2.0)
+    keep = select_classes(np.repeat(np.arange(1, 9), members), table=t, auto=True)
+    assert keep == [1, 2, 3, 4, 5, 6], (t.score, t.terms)
+    assert contrast(avgs)[6] < 1.5 < contrast(avgs)[0]
+    # single criteria
+    t2 = score_classes(members, res, avgs, apix=2.0, score="resolution")
+    assert np.argmin(t2.score) == 6
+    with pytest.raises(UserError):
+        score_classes(members, None, avgs, score="resolution")
+
+
+def test_score_outliers():
+    rng = np.random.default_rng(0)
+    klass = np.repeat([1, 2, 0], [50, 50, 5])
+    score = rng.normal(-0.9, 0.01, len(klass))
+    score[[3, 60]] = -0.5  # far worse than their classes
+    score[100] = 5.0  # unclassified: never an outlier
+    np.testing.assert_array_equal(np.flatnonzero(score_outliers(klass, score, 3.0)), [3, 60])
+    assert not score_outliers(klass, score, 0).any()
