@@ -162,8 +162,13 @@ class HalfSums:
             return np.where(den > 0, num / den, 0.0)
 
 
+def _batch(n: int) -> int:
+    """Images per batch for Fourier work on ``n × n`` images (about 4 M coefficients, ≤ 512)."""
+    return max(8, min(512, int(4e6 // (n * (n // 2 + 1)))))
+
+
 def half_sums(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, *, ctf: ParticleCTF | None = None,
-              alpha=0.0, mirror=0.0, workers: int = 1, batch: int = 512) -> HalfSums:
+              alpha=0.0, mirror=0.0, workers: int = 1, batch: int | None = None) -> HalfSums:
     """Half-set Fourier sums (:class:`HalfSums`) of ``images`` (N, n, n) with ``use[i]`` in class ``label[i]``.
 
     With ``ctf`` (one entry per image), each image is weighted by ``c_i`` and ``CTF_i²`` is
@@ -180,6 +185,7 @@ def half_sums(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, *,
     den = np.zeros((2, K, n * nk) if ctf is not None else (2, K, 1), np.float64)
     count = np.zeros((2, K))
     sel_all = np.flatnonzero(half >= 0)
+    batch = batch or _batch(n)
     for lo in range(0, len(sel_all), batch):
         sel = sel_all[lo:lo + batch]
         F = sfft.rfft2(images[sel], workers=workers).reshape(len(sel), -1)
@@ -546,13 +552,14 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     )
 
 
-def _phase_flip(images: np.ndarray, ctf: ParticleCTF, *, workers: int = 1, batch: int = 512) -> np.ndarray:
+def _phase_flip(images: np.ndarray, ctf: ParticleCTF, *, workers: int = 1, batch: int | None = None) -> np.ndarray:
     """Each image phase-flipped in its own frame (Fourier coefficients times ``sign(c)``: the
     sign of the CTF for raw images, unchanged for phase-flipped or premultiplied ones):
     ``(N, n, n)`` float32."""
     images = np.asarray(images, dtype=np.float32)
     N, n, _ = images.shape
     out = np.empty_like(images)
+    batch = batch or _batch(n)
     for lo in range(0, N, batch):
         sel = np.arange(lo, min(N, lo + batch))
         c, _ = ctf.take(sel).wiener_terms(n)
