@@ -49,7 +49,7 @@ def assert_same_artifacts(run: Path, ref: Path) -> None:
 KILL_POINTS = [
     "write:input_fp.h5",       # footprints computed, data in the temporary file, not renamed
     "write:classes_init.hdf",  # initial class averages being written
-    "simmx:01",                # inside the alignment of iteration 01 (simmx)
+    "align:simmx_01",          # inside the alignment of iteration 01 (simmx: particles vs alirefs)
     "write:resultmx_01.h5",    # classes_01.hdf already in place, its job's second output not yet
     "write:simmx_02.h5",       # gather of the simmx chunks of iteration 02 (chunk files are temp())
 ]
@@ -90,12 +90,11 @@ r2d.cli.COMMANDS = {{cmd: r2d.cli.COMMANDS[cmd]}}
 if cmd == "simmx":
     import r2d.commands.simmx as simmx
 
-    out = sys.argv[sys.argv.index("-o") + 1]
-    it = Path(out).parent.name.split("_")[-1]
+    step = Path(sys.argv[sys.argv.index("-o") + 1]).parent.name  # simmx_01 (or mra_01: same command)
     _align = simmx.align
 
     def align(*args, **kwargs):
-        pause("simmx:" + it)
+        pause("align:" + step)
         return _align(*args, **kwargs)
 
     simmx.align = align
@@ -235,7 +234,7 @@ def test_killed_five_times_resumes_to_identical_result(tmp_path, data, wrapper, 
             assert any(p.endswith(".part") and f".{name}." in p for p in _parts(run)), _parts(run)
         if tag == "write:resultmx_01.h5":
             assert (run / "classes_01.hdf").is_file()  # complete, but its job is not: must be redone
-        if tag == "simmx:01":
+        if tag == "align:simmx_01":
             assert not (run / "simmx_01.h5").exists()
             assert not list(run.glob("simmx_01/*.h5")), "a simmx chunk was written although its job was killed"
     # the documented resume: unlock, then the same command (the local profile adds --rerun-incomplete)

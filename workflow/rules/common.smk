@@ -11,10 +11,9 @@ from r2d.errors import UserError
 # Up-front validation, before any job runs (r2d.check; `r2d check` runs the same checks):
 # schema (unknown keys, types, ranges; fills defaults), relations between values, and the
 # input/exclude/initial files from their headers. One message per problem, then exit 1.
+SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 try:
-    INPUT_FACTS = check_workflow_config(
-        config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-    )
+    INPUT_FACTS = check_workflow_config(config, SCHEMA)
 except UserError as exc:
     sys.stderr.write(f"\n{format_error(exc)}\n\n")
     sys.exit(1)
