@@ -10,7 +10,9 @@ from r2d import cli, io
 from r2d.errors import UserError
 from r2d.select import contrast, parse_classes, score_classes, score_outliers, select_classes
 from test_export import N, tiny_run
-from conftest import blob_image
+from conftest import REPO, blob_image
+
+REPO_CONFIG = REPO / "config" / "config.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +104,34 @@ def test_score_outliers():
     score[100] = 5.0  # unclassified: never an outlier
     np.testing.assert_array_equal(np.flatnonzero(score_outliers(klass, score, 3.0)), [3, 60])
     assert not score_outliers(klass, score, 0).any()
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_auto_selection_on_a_junk_dataset(tmp_path):
+    """Acceptance (about 10 min on 2 cores): 1,000 simulated particles with 10 % junk (noise or
+    random blobs), the whole workflow, then `r2d select --auto` keeps >= 95 % of the good
+    particles and drops >= 70 % of the junk."""
+    import pandas as pd
+    import yaml
+
+    from test_export import smk
+
+    assert cli.main(["simulate", "--phantom", "--n", "1000", "--box", "64", "--apix", "5", "--snr", "0.1",
+                     "--shift", "3", "--ctf", "flip", "--defocus", "10000", "30000", "--junk", "0.1",
+                     "--seed", "11", "-o", str(tmp_path / "data")]) == 0
+    (tmp_path / "config").mkdir()
+    cfg = yaml.safe_load((REPO_CONFIG).read_text())
+    cfg.update(input="data/particles.star", path="run", ncls=16, iter=4)
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = smk(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "auto.star"
+    assert cli.main(["select", str(tmp_path / "run"), "--auto", "-o", str(out)]) == 0
+    truth = pd.read_csv(tmp_path / "data" / "truth.tsv", sep="\t")
+    names = starfile.read(out, always_dict=True)["particles"]["rlnImageName"]
+    kept = np.zeros(len(truth), bool)
+    kept[names.str.split("@").str[0].astype(int).to_numpy() - 1] = True
+    junk = truth["junk"].to_numpy(bool)
+    assert (kept & ~junk).sum() >= 0.95 * (~junk).sum()
+    assert (~kept & junk).sum() >= 0.70 * junk.sum()

@@ -174,7 +174,7 @@ def convergence_plot(summary: dict, path) -> None:
         for xi, e in zip(x, [e for e in its if "changed_frac" in e]):
             a1.annotate(str(e["changed"]), (xi, 100 * e["changed_frac"]), textcoords="offset points",
                         xytext=(0, 5), ha="center", fontsize=7)
-        a1.set_ylim(bottom=0)
+        a1.set_ylim(0, max(y) * 1.18 + 1)  # room for the counts
     else:
         a1.text(0.5, 0.5, "needs two iterations", transform=a1.transAxes, ha="center")
     a1.set_xlabel("iteration")
