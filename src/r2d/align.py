@@ -157,98 +157,99 @@ def _parabolic(cm, c0, cp):
     return np.clip(np.nan_to_num(off), -0.5, 0.5)
 
 
-def _correlate(Pp: np.ndarray, Qr: np.ndarray, L: int, pairs: np.ndarray | None, workers: int):
-    """Angular correlation of particles with shifted references.
+def _out_len(L: int, K: int) -> int:
+    """Angular samples of the correlation function: twice the band ``K`` rounded up to a power
+    of two (at least 32, at most ``L``); the peak is refined by parabolic interpolation."""
+    return int(min(L, max(32, 2 ** int(np.ceil(np.log2(max(2 * (K - 1), 1)))))))
 
-    ``Pp``: ``(N, R, K)``; ``Qr``: ``(J, S, R, K)``. Returns ``(N, J', S, L)`` float32 where
-    ``J' = J`` (all versus all) or ``1`` (pairwise: particle i with reference ``pairs[i]``).
-    Value at lag τ: Σ_θ p(θ+τ)·q(θ).
+
+def _ref_layout(ref_ft: np.ndarray, nm: int) -> np.ndarray:
+    """Conjugated reference FTs ``(nm·J, S, R, K)`` (mirror-major) → ``(J, K, R, nm, S)`` complex64."""
+    JM, S, R, K = ref_ft.shape
+    q = np.conj(ref_ft).reshape(nm, JM // nm, S, R, K)
+    return np.ascontiguousarray(q.transpose(1, 4, 3, 0, 2))
+
+
+def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs, pair_mirror, workers: int) -> np.ndarray:
+    """Angular correlation of particles with shifted references, as one product per frequency.
+
+    ``Pp``: ``(b, R, K)`` particle polar FTs; ``Q``: ``(J, K, R, nm, S)`` from :func:`_ref_layout`.
+    Returns ``C`` float32 ``(Lo, b, J', nm', S)``: all versus all (``J' = J``, ``nm' = nm``), or
+    particle i with reference ``pairs[i]`` (``J' = 1``), and only mirror ``pair_mirror[i]``
+    (``nm' = 1``) when that is given. ``C[τ]`` is the correlation with the particle rotated by
+    ``τ·360/Lo`` degrees: Σ_θ p(θ+τ)·q(θ) over rings.
     """
-    N, R, K = Pp.shape
-    J, S = Qr.shape[:2]
+    b, R, K = Pp.shape
+    J, _, _, nm, S = Q.shape
+    P = np.ascontiguousarray(Pp.transpose(2, 0, 1))                       # (K, b, R)
     if pairs is None:
-        P = np.ascontiguousarray(Pp.transpose(2, 0, 1))                  # (K, N, R)
-        Q = np.ascontiguousarray(np.conj(Qr).transpose(3, 2, 0, 1)).reshape(K, R, J * S)  # (K, R, J·S)
-        C = np.matmul(P, Q)                                               # (K, N, J·S)
-        C = C.transpose(1, 2, 0).reshape(N, J, S, K)
+        Qm = Q.transpose(1, 2, 0, 3, 4).reshape(K, R, J * nm * S)          # (K, R, J·nm·S)
+        X = np.matmul(P, Qm).reshape(K, b, J, nm, S)
     else:
-        # group the pairs by reference: one batched (over K) matrix product per reference
-        C = np.empty((N, S, K), dtype=np.complex64)
-        pairs = np.asarray(pairs)
-        for j in np.unique(pairs):  # loop over references (classes), not particles
-            sel = np.flatnonzero(pairs == j)
-            P = Pp[sel].transpose(2, 0, 1)                                    # (K, nj, R)
-            Q = np.conj(Qr[j]).transpose(2, 1, 0)                             # (K, R, S)
-            C[sel] = np.matmul(P, Q).transpose(1, 2, 0)
-        C = C[:, None]
-    return sfft.irfft(C, n=L, axis=-1, workers=workers)
+        nmc = nm if pair_mirror is None else 1
+        X = np.empty((K, b, 1, nmc, S), dtype=np.complex64)
+        key = np.asarray(pairs) * nm + (0 if pair_mirror is None else np.asarray(pair_mirror, dtype=np.int64))
+        for kj in np.unique(key):  # loop over references (classes), not particles
+            sel = np.flatnonzero(key == kj)
+            j, m = divmod(int(kj), nm)
+            q = Q[j] if pair_mirror is None else Q[j, :, :, m:m + 1]         # (K, R, nmc, S)
+            X[:, sel] = np.matmul(P[:, sel], q.reshape(K, R, nmc * S)).reshape(K, len(sel), 1, nmc, S)
+    return sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
 
 
 def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, pair_mirror=None, rotate=True, workers=1):
     """One level of the exhaustive search on a fixed shift grid.
 
-    ``ref_ft``: ``(nm·Rn, S, R, K)`` polar FTs of the references (mirror-major). All versus
-    all when ``pairs`` is None (outputs ``(N, Rn)``); otherwise particle i against reference
-    ``pairs[i]`` (``(N,)``), restricted to mirror ``pair_mirror[i]`` when that is given.
-    Returns ``alpha, sx, sy, mirror, corr``.
+    ``ref_ft``: ``(nm·Rn, S, R, K)`` polar FTs of the references (mirror-major), ``L`` the
+    polar angular sampling. All versus all when ``pairs`` is None (outputs ``(N, Rn)``);
+    otherwise particle i against reference ``pairs[i]`` (``(N,)``), restricted to mirror
+    ``pair_mirror[i]`` when that is given. Returns ``alpha, sx, sy, mirror, corr``.
     """
     N = len(particles)
     S = len(shifts)
     Rn = len(ref_ft) // nm
     K = ref_ft.shape[-1]
-    R = ref_ft.shape[2]
+    Q = _ref_layout(ref_ft, nm)
+    Lo = _out_len(L, K) if rotate else 1
     nmc = nm if pair_mirror is None else 1
-    per = (Rn * nmc if pairs is None else nmc) * S * (L + 2 * K) + R * K * 4
-    batch = int(max(1, min(N, 3e7 // max(per, 1))))
+    per = (Rn if pairs is None else 1) * nmc * S * (Lo + 3 * K)
+    batch = int(max(1, min(N, 8e7 // max(per, 1))))
     out_shape = (N, Rn) if pairs is None else (N,)
     res = {k: np.zeros(out_shape) for k in ("alpha", "tx", "ty", "mirror", "corr")}
+    # grid neighbours of every shift (index, or -1) for the sub-pixel parabola
+    look = {tuple(v): i for i, v in enumerate(shifts)}
+    nbr = np.array([[look.get((sx + dx, sy + dy), -1) for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+                    for sx, sy in shifts], dtype=np.int64).reshape(S, 4)
     for lo in range(0, N, batch):
         hi = min(N, lo + batch)
         b = hi - lo
-        Pp = polar_ft(particles[lo:hi], L, None, False, workers)[:, 0]
-        if pairs is None:
-            C = _correlate(Pp, ref_ft, L, None, workers)                       # (b, nm·Rn, S, L)
-            C = C.reshape(b, nm, Rn, S, L).transpose(0, 2, 1, 3, 4)            # (b, Rn, nm, S, L)
-            mir_base = np.zeros((b, Rn), dtype=np.int64)
-        elif pair_mirror is None:
-            idx = np.asarray(pairs[lo:hi])
-            C = np.stack([_correlate(Pp, ref_ft, L, idx + m * Rn, workers)[:, 0] for m in range(nm)], 1)[:, None]
-            mir_base = np.zeros((b, 1), dtype=np.int64)
-        else:
-            pm = np.asarray(pair_mirror[lo:hi]).astype(np.int64)
-            idx = np.asarray(pairs[lo:hi]) + pm * Rn
-            C = _correlate(Pp, ref_ft, L, idx, workers)[:, :, None]            # (b, 1, 1, S, L)
-            mir_base = pm[:, None]
-        J, nmc_ = C.shape[1], C.shape[2]
-        flat = C.reshape(b, J, nmc_ * S * L)
-        k = flat.argmax(axis=2)
-        cbest = np.take_along_axis(flat, k[..., None], axis=2)[..., 0]
-        im, rem = np.divmod(k, S * L)
-        isf, it = np.divmod(rem, L)
+        Pp = polar_ft(particles[lo:hi], L, None, False, workers)[:, 0, :, :K]
+        C = _correlate(Pp, Q, Lo, None if pairs is None else pairs[lo:hi],
+                       None if pair_mirror is None else pair_mirror[lo:hi], workers)  # (Lo, b, J, nmc, S)
+        J = C.shape[2]
+        cmax = C.max(axis=0)                                                   # (b, J, nmc, S)
+        k = cmax.reshape(b, J, nmc * S).argmax(axis=2)
+        im, isf = np.divmod(k, S)
         bi, ji = np.meshgrid(np.arange(b), np.arange(J), indexing="ij")
-        if rotate and L > 2:
-            cm = C[bi, ji, im, isf, (it - 1) % L]
-            cp = C[bi, ji, im, isf, (it + 1) % L]
+        cbest = cmax[bi, ji, im, isf]
+        if rotate and Lo > 2:
+            it = C[:, bi, ji, im, isf].argmax(axis=0)                           # (b, J)
+            cm = C[(it - 1) % Lo, bi, ji, im, isf]
+            cp = C[(it + 1) % Lo, bi, ji, im, isf]
             tau = it + _parabolic(cm, cbest, cp)
         else:
-            tau = it.astype(np.float64)
+            tau = np.zeros((b, J))
         # sub-pixel shift: parabola through the angle-maximised correlation of grid neighbours
-        cmax = C.max(axis=4)                                                   # (b, J, nmc, S)
-        sx, sy = shifts[isf, 0], shifts[isf, 1]
         offs = []
-        for ddx, ddy in ((1, 0), (0, 1)):
-            nb = []
-            for sgn in (-1, 1):
-                tgt = np.stack([sx + sgn * ddx, sy + sgn * ddy], -1)
-                match = np.all(shifts[None, None, :, :] == tgt[:, :, None, :], axis=-1)
-                has = match.any(-1)
-                nb.append(np.where(has, cmax[bi, ji, im, match.argmax(-1)], np.nan))
-            ok = np.isfinite(nb[0]) & np.isfinite(nb[1])
-            off = _parabolic(np.nan_to_num(nb[0]), cmax[bi, ji, im, isf], np.nan_to_num(nb[1]))
+        for a, c in ((0, 1), (2, 3)):
+            ia, ic = nbr[isf, a], nbr[isf, c]
+            ok = (ia >= 0) & (ic >= 0)
+            off = _parabolic(cmax[bi, ji, im, np.maximum(ia, 0)], cbest, cmax[bi, ji, im, np.maximum(ic, 0)])
             offs.append(np.where(ok, off, 0.0))
-        alpha = tf._wrap(tau * 360.0 / L) if rotate else np.zeros_like(tau)
-        vals = {"alpha": alpha, "tx": sx + offs[0], "ty": sy + offs[1],
-                "mirror": (im + mir_base).astype(np.float64), "corr": cbest}
+        alpha = tf._wrap(tau * 360.0 / Lo) if rotate else np.zeros_like(tau)
+        mbase = 0 if pair_mirror is None else np.asarray(pair_mirror[lo:hi], dtype=np.int64)[:, None]
+        vals = {"alpha": alpha, "tx": shifts[isf, 0] + offs[0], "ty": shifts[isf, 1] + offs[1],
+                "mirror": (im + mbase).astype(np.float64), "corr": cbest}
         for key, v in vals.items():
             res[key][lo:hi] = v if pairs is None else v[:, 0]
     return res["alpha"], res["tx"], res["ty"], res["mirror"], res["corr"]
@@ -263,7 +264,21 @@ def coarse_factor(n: int, maxshift: float) -> int:
 
 
 def _ref_ft(refs, L, shifts, mirrors, workers):
-    return np.concatenate([polar_ft(refs, L, shifts, m, workers) for m in mirrors], axis=0)
+    ft = np.concatenate([polar_ft(refs, L, shifts, m, workers) for m in mirrors], axis=0)
+    return ft[..., :angular_band(ft)]
+
+
+def angular_band(ref_ft: np.ndarray, tol: float = 1e-4) -> int:
+    """Angular frequencies to keep: the fewest ``k`` holding all but ``tol`` of the references' power.
+
+    Correlations only need the frequencies where the references have signal (the particles'
+    other frequencies multiply zero), so truncating there changes a correlation by at most
+    ``√tol`` relative. Depends on the references only, so every chunk of a run truncates alike.
+    """
+    power = (np.abs(ref_ft.reshape(-1, ref_ft.shape[-1])) ** 2).sum(axis=0, dtype=np.float64)
+    power[1:] *= 2  # rfft: every k > 0 stands for ±k
+    cum = np.cumsum(power) / max(power.sum(), 1e-300)
+    return int(min(ref_ft.shape[-1], np.searchsorted(cum, 1.0 - tol) + 2))
 
 
 def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mirror: bool = True,
@@ -361,8 +376,9 @@ def default_maxshift(opt: Option | None, n: int) -> float:
     ``maxshift < 0`` → EMAN2's defaults (``n/4``; tree ``3n/8``). r2d honours ``maxshift`` as a
     true bound ``|t| ≤ maxshift`` (algorithm.md §5.2). Limiting the tree aligner to EMAN2's
     effective range (:func:`tree_reach`, ±4 px at 64 px) was measured on the 70S benchmark and
-    made the classification worse (view error 45–48° instead of 36–38°): class averages and
-    alignment references are not perfectly centred, so the needed shifts exceed the particles' own.
+    made the classification worse (k-means: view error 45–48° instead of 36–38°; one round of
+    multi-reference assignment from the initial classes: 39–40° instead of 28–29° with ±12 px):
+    class averages are not centred alike, so the needed shifts exceed the particles' own.
     """
     ms = opt.get("maxshift", -1) if opt is not None else -1
     if ms is None or ms < 0:
@@ -392,7 +408,8 @@ def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, 
 
     Returns an :class:`Alignment` with ``T(particle) ≈ reference`` and
     ``score = cmp(particle, T⁻¹(reference))`` (the particle stays unresampled, as in
-    e2simmx). ``shrink > 1`` Fourier-downsamples both stacks for the search and scales the
+    e2simmx). For plain ``ccc`` the score is ``−corr``, the search's own correlation
+    coefficient over the disc ``r < n/2 − 1`` (no second resampling). ``shrink > 1`` Fourier-downsamples both stacks for the search and scales the
     translations back. ``pairs`` as in :func:`search`.
     """
     aligner = parse(aligner, "aligner") if isinstance(aligner, str) else aligner
@@ -411,12 +428,107 @@ def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, 
         kw["maxshift"] = kw["maxshift"] / f
     alpha, tx, ty, mir, corr = search(sp_, sr_, pairs=pairs, workers=workers, **kw)
     tx, ty = tx * f, ty * f
-    if (parse(ralign, "aligner") if isinstance(ralign, str) else ralign) is not None:
-        raise ConfigError("the 'refine' second-stage aligner is not implemented in this r2d version yet; "
-                          "set simralign/classralign to null")
-    score = score_pairs(particles, refs, (alpha, tx, ty, mir), cmp, pairs=pairs, apix=apix,
-                        ref_ptcl_repr=ref_ptcl_repr)
+    ralign = parse(ralign, "aligner") if isinstance(ralign, str) else ralign
+    refined = ralign is not None
+    if refined:
+        if ralign.name != "refine":
+            raise ConfigError(f"the second-stage aligner must be 'refine', not '{ralign.name}'")
+        rcmp = parse(raligncmp, "comparator") if isinstance(raligncmp, str) else raligncmp
+        rcmp = parse("ccc", "comparator") if rcmp is None else rcmp
+        ms = ralign.get("maxshift", -1)
+        alpha, tx, ty, corr = refine(particles, refs, (alpha, tx, ty, mir), pairs=pairs, cmp=rcmp,
+                                     maxshift=n / 4 if ms is None or ms < 0 else float(ms),
+                                     precision=float(ralign.get("precision", 0.04)), workers=workers)
+    if cmp.name == "ccc" and not cmp.params and not refined:
+        # the search already maximised the correlation coefficient over the disc r < n/2-1;
+        # resampling every reference again to score it with ccc would only repeat that number
+        score = -corr
+    else:
+        score = score_pairs(particles, refs, (alpha, tx, ty, mir), cmp, pairs=pairs, apix=apix, ref_ptcl_repr=ref_ptcl_repr)
     return Alignment(alpha, tx, ty, mir, score, corr)
+
+
+def _dft_grid(n: int, offsets: np.ndarray) -> np.ndarray:
+    """``(T, n)`` complex matrix ``exp(2πi f u)`` for FFT frequencies ``f`` (cycles/px) and shifts ``u``."""
+    f = sfft.fftfreq(n)
+    return np.exp(2j * np.pi * offsets[:, None] * f[None, :])
+
+
+def refine(particles, refs, params, *, pairs=None, cmp: Option | None = None, maxshift: float = 16.0,
+           precision: float = 0.04, rounds: int = 4, workers: int = 1):
+    """EMAN2's second-stage ``refine``: local continuous refinement of angle and shift.
+
+    Starts from the first stage's ``params = (alpha, tx, ty, mirror)`` (``T(particle) ≈ ref``,
+    shapes ``(N, R)`` all versus all or ``(N,)`` with ``pairs``) and keeps the mirror. Each
+    round (vectorised over all pairs, no loop over particles):
+
+    1. shift: the reference brought back by the current rotation and mirror is
+       cross-correlated with the particle in Fourier space, evaluated on a fine grid
+       (±1 px around the current shift, ``precision`` px steps, at least 0.02 px) by a matrix
+       DFT (exact band-limited interpolation, no FFT upsampling);
+    2. angle: ``cmp`` (lower is better) at ``alpha ± δ`` and a parabola through the three
+       values; ``δ`` = 1°, 0.5°, 0.25°, 0.125° over the rounds.
+
+    The reference, not the noisy particle, is resampled (interpolation smooths noise by an
+    angle-dependent amount, which would bias a normalised comparator), and a pair keeps its
+    first-stage transform when refinement does not lower the comparator.
+
+    Shifts stay within ``|t| ≤ maxshift``. Returns ``(alpha, tx, ty, corr)`` where ``corr`` is
+    the correlation coefficient of the transformed particle and the reference.
+    """
+    cmp = parse("ccc", "comparator") if cmp is None else cmp
+    particles = np.asarray(particles, dtype=np.float32)
+    refs = np.asarray(refs, dtype=np.float32)
+    alpha0 = np.asarray(params[0], dtype=np.float64)
+    shape = alpha0.shape
+    pi, ri = _pair_index(shape, pairs)
+    alpha, tx, ty, mir = (np.asarray(p, dtype=np.float64).reshape(-1).copy() for p in params)
+    n = particles.shape[-1]
+    step = max(0.02, min(precision, 0.1))
+    offs = np.arange(-1.0, 1.0 + step / 2, step)
+    E = _dft_grid(n, offs)                                                     # (T, n)
+    fy = sfft.fftfreq(n)[None, :, None]
+    fx = sfft.fftfreq(n)[None, None, :]
+    ccc = parse("ccc", "comparator")
+    deltas = [1.0 / 2 ** r for r in range(rounds)]
+    corr = np.empty(pi.size)
+    batch = 512
+    for lo in range(0, pi.size, batch):
+        sl = slice(lo, min(pi.size, lo + batch))
+        P = particles[pi[sl]]
+        Fp = np.conj(sfft.fft2(P, workers=workers))
+        Rimg = refs[ri[sl]]
+        a0, x0, y0, m = alpha[sl], tx[sl], ty[sl], mir[sl]
+
+        def score(a, x, y):  # the reference is moved onto the particle, as e2simmx scores
+            return compare(P, tf.transform(Rimg, *tf.invert(a, x, y, m)), cmp)
+
+        a, x, y = a0.copy(), x0.copy(), y0.copy()
+        for d in deltas:
+            # 1. shift: g = (M^m R_a)^-1 ref; find u with p(x - u) ≈ g, then t = R_a u
+            g = tf.transform(Rimg, *tf.invert(a, 0.0, 0.0, m))
+            ar = np.deg2rad(a)
+            c, sn = np.cos(ar), np.sin(ar)
+            ux, uy = c * x - sn * y, sn * x + c * y
+            X = sfft.fft2(g, workers=workers) * Fp
+            X *= np.exp(2j * np.pi * (fy * uy[:, None, None] + fx * ux[:, None, None]))
+            cc = np.einsum("ty,byx,sx->bts", E, X, E, optimize=True).real   # (b, Ty, Tx)
+            iy, ix = np.divmod(cc.reshape(len(a), -1).argmax(axis=1), len(offs))
+            ux, uy = ux + offs[ix], uy + offs[iy]
+            x, y = c * ux + sn * uy, -sn * ux + c * uy
+            r = np.hypot(x, y)
+            lim = np.where(r > maxshift, maxshift / np.maximum(r, 1e-12), 1.0)
+            x, y = x * lim, y * lim
+            # 2. angle: parabola through the comparator at a - d, a, a + d (lower is better)
+            vals = [score(a + da, x, y) for da in (-d, 0.0, d)]
+            off = _parabolic(-vals[0], -vals[1], -vals[2])
+            a = tf._wrap(a + off * d)
+        # never worse than the first stage
+        better = score(a, x, y) <= score(a0, x0, y0)
+        a, x, y = np.where(better, a, a0), np.where(better, x, x0), np.where(better, y, y0)
+        alpha[sl], tx[sl], ty[sl] = a, x, y
+        corr[sl] = -compare(P, tf.transform(Rimg, *tf.invert(a, x, y, m)), ccc)
+    return (alpha.reshape(shape), tx.reshape(shape), ty.reshape(shape), corr.reshape(shape))
 
 
 def _pair_index(shape, pairs):

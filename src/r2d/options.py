@@ -167,6 +167,3 @@ def check_config_options(config: dict) -> None:
         opt = parse(config.get(key), "aligner", key=key)
         if opt is not None and opt.name != "refine":
             raise ConfigError(f"{key}: the second-stage aligner must be 'refine', not '{opt.name}'")
-        if opt is not None:
-            raise ConfigError(f"{key}: the 'refine' second-stage aligner is not implemented in this r2d version "
-                              f"yet; set {key}: null")

@@ -1,5 +1,14 @@
 """One refinement iteration YY (e2refine2d §1.3, steps 1-10), wildcard {it} = 01..iter."""
 
+# e2simmx options shared by simmx (particles vs aliref) and mra (particles vs allrefs)
+SIMMX_ARGS = " ".join(
+    [
+        f"--align {opt(config['simalign'])} --aligncmp {opt(config['simaligncmp'])}",
+        f"--ralign {opt(config['simralign'])} --raligncmp {opt(config['simraligncmp'])}",
+        f"--cmp {opt(config['simcmp'])} --shrink {config['shrink']} {exclude_arg()}",
+    ]
+)
+
 
 rule allrefs:
     input:
@@ -66,18 +75,10 @@ rule simmx_chunk:
         "../envs/r2d.yaml"
     threads: config["threads"]
     params:
-        align=opt(config["simalign"]),
-        aligncmp=opt(config["simaligncmp"]),
-        ralign=opt(config["simralign"]),
-        raligncmp=opt(config["simraligncmp"]),
-        cmp=opt(config["simcmp"]),
-        shrink=config["shrink"],
-        exclude=exclude_arg(),
+        opts=SIMMX_ARGS,
     shell:
         "r2d simmx {input.refs} {input.particles} -o {output} --chunk {wildcards.scatteritem}"
-        " --align {params.align} --aligncmp {params.aligncmp} --ralign {params.ralign}"
-        " --raligncmp {params.raligncmp} --cmp {params.cmp} --shrink {params.shrink} {params.exclude}"
-        " --threads {threads} > {log} 2>&1"
+        " {params.opts} --threads {threads} > {log} 2>&1"
 
 
 rule simmx:
@@ -87,6 +88,40 @@ rule simmx:
         ensure(art("simmx_{it}.h5"), non_empty=True),
     log:
         art("logs/simmx_{it}.log"),
+    conda:
+        "../envs/r2d.yaml"
+    shell:
+        "r2d gather -o {output} {input} > {log} 2>&1"
+
+
+rule mra_chunk:
+    input:
+        refs=art("allrefs_{it}.hdf"),
+        particles=config["input"],
+        exclude=exclude_input,
+    output:
+        temp(art("mra_{it}/{scatteritem}.h5")),
+    log:
+        art("logs/mra_{it}/{scatteritem}.log"),
+    benchmark:
+        art("benchmarks/mra_{it}/{scatteritem}.tsv")
+    conda:
+        "../envs/r2d.yaml"
+    threads: config["threads"]
+    params:
+        opts=SIMMX_ARGS,
+    shell:
+        "r2d simmx {input.refs} {input.particles} -o {output} --chunk {wildcards.scatteritem}"
+        " {params.opts} --threads {threads} > {log} 2>&1"
+
+
+rule mra:
+    input:
+        gather.chunk(art("mra_{{it}}/{scatteritem}.h5")),
+    output:
+        ensure(art("mra_{it}.h5"), non_empty=True),
+    log:
+        art("logs/mra_{it}.log"),
     conda:
         "../envs/r2d.yaml"
     shell:
@@ -111,6 +146,7 @@ rule input_proj:
 rule classmx:
     input:
         proj=art("input_{it}_proj.h5"),
+        mra=art("mra_{it}.h5") if config["classify"] == "mra" else [],
         exclude=exclude_input,
     output:
         ensure(art("classmx_{it}.h5"), non_empty=True),
@@ -124,9 +160,10 @@ rule classmx:
         fastseed="--fastseed" if config["fastseed"] else "",
         seed=lambda wc: iteration_seed(wc.it),
         exclude=exclude_arg(),
+        mra=lambda wc, input: f"--mra {input.mra}" if input.mra else "",
     shell:
         "r2d classify {input.proj} -o {output} --ncls {params.ncls} --minchange {params.minchange}"
-        " {params.fastseed} --seed {params.seed} {params.exclude} > {log} 2>&1"
+        " {params.fastseed} --seed {params.seed} {params.exclude} {params.mra} > {log} 2>&1"
 
 
 rule classes:

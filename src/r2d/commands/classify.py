@@ -1,8 +1,11 @@
-"""k-means classification of projection vectors (steps 0e and 9: ``classmx_00``, ``classmx_YY``).
+"""Classify particles (steps 0e and 9: ``classmx_00``, ``classmx_YY``): k-means of projection vectors, or best match.
 
 Writes ``classmx`` with datasets ``class`` (int32; −1 = excluded), ``weight`` (1.0),
-``dx, dy, dalpha, mirror`` (the particle → best-aliref transform from the projection file,
-zeros for ``classmx_00``) and ``particle`` (input index of each row).
+``dx, dy, dalpha, mirror`` and ``particle`` (input index of each row). With k-means (EMAN2)
+the transform is the particle → best-aliref one from the projection file (zeros for
+``classmx_00``). With ``--mra mra_YY.h5`` (r2d's default in iterations, :mod:`r2d.mra`) each
+particle goes to the class average it matches best and the transform brings it into that
+average's frame (``allrefs_YY``); the projection file then only supplies the particle list.
 
   $ r2d classify r2d_01/input_fp_basis_proj.h5 -o r2d_01/classmx_00.h5 --ncls 32 --seed 1000
 """
@@ -15,7 +18,9 @@ import numpy as np
 
 from r2d import io
 from r2d.commands._common import add_exclude, add_seed, read_exclude
+from r2d.errors import InputError
 from r2d.kmeans import kmeans
+from r2d.mra import assign
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,7 @@ def add_args(p):
     p.add_argument("--minchange", type=int, default=-1, help="stop when fewer change class (≤0: auto)")
     p.add_argument("--fastseed", action="store_true", help="seed all classes at once (only matters for ncls > 25)")
     p.add_argument("--mininclass", type=int, default=2, help="reseed classes smaller than this")
+    p.add_argument("--mra", default=None, help="mra_YY.h5: assign each particle to its best-scoring column")
     add_seed(p)
     add_exclude(p)
 
@@ -36,6 +42,8 @@ def main(args):
     proj = data["proj"]
     particle = data["particle"]
     use = ~np.isin(particle, read_exclude(args.exclude))
+    if args.mra:
+        return _main_mra(args, particle, use)
     k = min(args.ncls, int(use.sum()))
     res = kmeans(proj[use], k, seed=args.seed, minchange=args.minchange, fastseed=args.fastseed,
                  mininclass=args.mininclass)
@@ -49,3 +57,20 @@ def main(args):
                                        "n_changed_last": int(res.n_changed_last), "seed": int(args.seed)})
     log.info("%d classes, k-means stopped after %d iterations (%d changed)", len(res.centers), res.n_iter,
              res.n_changed_last)
+
+
+def _main_mra(args, particle, use):
+    mx = io.read_matrix(args.mra)
+    if not np.array_equal(mx["particle"], particle):
+        raise InputError(f"{args.mra}: its particle list differs from {args.input}'s; rerun both from the same input")
+    label = assign(mx["score"], use & np.isfinite(mx["score"]).any(axis=1), mininclass=args.mininclass)
+    rows = np.flatnonzero(label >= 0)
+    out = {"class": label.astype(np.int32), "weight": (label >= 0).astype(np.float32), "particle": particle}
+    for key in ("dx", "dy", "dalpha", "mirror"):
+        v = np.zeros(len(label), dtype=np.float32)
+        v[rows] = mx[key][rows, label[rows]]
+        out[key] = v
+    prev = np.bincount(label[rows], minlength=mx["score"].shape[1])
+    io.write_matrix(args.output, out, {"ncls": int(args.ncls), "method": "mra", "seed": int(args.seed)})
+    log.info("assigned %d particles to %d class averages (sizes %d-%d)", len(rows), mx["score"].shape[1],
+             prev.min(), prev.max())
