@@ -472,8 +472,6 @@ BAD = {5: "nan", 17: "zero", 42: "inf", 58: "constant"}
 
 @pytest.mark.slow
 @pytest.mark.workflow
-@pytest.mark.xfail(strict=False, reason="needs the commands (invariants, simmx, project, classify, average) to use "
-                   "read_good_particles / bad_mask from r2d.commands._common (see the hardening notes)")
 def test_bad_particles_are_excluded_everywhere(tmp_path):
     """NaN/Inf/blank particles: class -1 in every classmx, never in an average, listed in the logs."""
     from r2d import io as rio

@@ -282,7 +282,8 @@ def angular_band(ref_ft: np.ndarray, tol: float = 1e-4) -> int:
 
 
 def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mirror: bool = True,
-           rotate: bool = True, pairs: np.ndarray | None = None, workers: int = 1):
+           rotate: bool = True, pairs: np.ndarray | None = None, candidates: int | None = None,
+           workers: int = 1):
     """Search ``T(particle) ≈ reference`` over angle, shift ``|t| ≤ maxshift`` and mirror.
 
     Coarse to fine when ``maxshift > 4``: an exhaustive search on Fourier-downsampled
@@ -295,6 +296,9 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     particles : (N, n, n); refs : (Rn, n, n).
     pairs : ``None`` (all particles versus all references → outputs ``(N, Rn)``) or ints
         ``(N,)``: particle i versus reference ``pairs[i]`` (outputs ``(N,)``).
+    candidates : all versus all with a coarse level only: search only each particle's
+        ``candidates`` best references (by coarse correlation) at full resolution; the
+        others get ``corr = -inf`` and a zero transform (a pruned tree search).
 
     Returns ``(alpha, tx, ty, mirror, corr)``; ``corr`` is the correlation coefficient over
     the disc at the optimum (higher is better).
@@ -316,16 +320,24 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     cr = tf.fourier_crop(refs, m, workers=workers)
     Lc = n_angles(m) if rotate else 1
     cs = shift_grid(maxshift / f)
-    a0, x0, y0, m0, _ = _grid_search(cp, _ref_ft(cr, Lc, cs, mirrors, workers), Lc, cs, nm,
+    a0, x0, y0, m0, c0 = _grid_search(cp, _ref_ft(cr, Lc, cs, mirrors, workers), Lc, cs, nm,
                                      pairs=pairs, rotate=rotate, workers=workers)
     x0, y0 = x0 * f, y0 * f
     # fine level: one (particle, reference, mirror) pair per coarse answer
+    keep = None
     if pairs is None:
         pi = np.repeat(np.arange(N), len(refs))
         ri = np.tile(np.arange(len(refs)), N)
+        if candidates is not None and candidates < len(refs):
+            # only the `candidates` best references of each particle at the coarse level
+            top = np.argsort(-c0, axis=1, kind="stable")[:, :candidates]
+            keep = np.zeros((N, len(refs)), dtype=bool)
+            keep[np.arange(N)[:, None], top] = True
+            keep = keep.reshape(-1)
+            pi, ri = pi[keep], ri[keep]
     else:
         pi, ri = np.arange(N), np.asarray(pairs)
-    a0, x0, y0, m0 = (v.reshape(-1) for v in (a0, x0, y0, m0))
+    a0, x0, y0, m0 = (v.reshape(-1) if keep is None else v.reshape(-1)[keep] for v in (a0, x0, y0, m0))
     # pre-shift by d = R_a0^-1 t0 so that the remaining translation is small: t = δ + R_a d
     ar = np.deg2rad(a0)
     dx = np.cos(ar) * x0 - np.sin(ar) * y0
@@ -346,6 +358,12 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
         for o, v in zip(out, (a, tx, ty, mm, c)):
             o[lo:hi] = v
     shape = (N, len(refs)) if pairs is None else (N,)
+    if keep is not None:  # pruned pairs: no transform, correlation -inf (score +inf)
+        full = [np.full(N * len(refs), np.nan) for _ in range(4)] + [np.full(N * len(refs), -np.inf)]
+        for f_, o in zip(full, out):
+            f_[keep] = o
+        full[3] = np.where(keep, full[3], 0.0)
+        out = [np.where(keep, f_, 0.0) if i < 3 else f_ for i, f_ in enumerate(full)]
     return tuple(o.reshape(shape) for o in out)
 
 
@@ -403,7 +421,8 @@ def _search_kwargs(opt: Option, n: int) -> dict:
 
 def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, pairs=None,
           ralign: Option | str | None = None, raligncmp: Option | str | None = None,
-          shrink: int = 1, apix: float | None = None, ref_ptcl_repr=None, workers: int = 1) -> Alignment:
+          shrink: int = 1, apix: float | None = None, ref_ptcl_repr=None, candidates: int | None = None,
+          workers: int = 1) -> Alignment:
     """Align particles to references with an EMAN2-named aligner and score with ``cmp``.
 
     Returns an :class:`Alignment` with ``T(particle) ≈ reference`` and
@@ -426,7 +445,7 @@ def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, 
         sr_ = tf.fourier_crop(refs, m, workers=workers)
         f = n / m
         kw["maxshift"] = kw["maxshift"] / f
-    alpha, tx, ty, mir, corr = search(sp_, sr_, pairs=pairs, workers=workers, **kw)
+    alpha, tx, ty, mir, corr = search(sp_, sr_, pairs=pairs, candidates=candidates, workers=workers, **kw)
     tx, ty = tx * f, ty * f
     ralign = parse(ralign, "aligner") if isinstance(ralign, str) else ralign
     refined = ralign is not None
@@ -436,15 +455,18 @@ def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, 
         rcmp = parse(raligncmp, "comparator") if isinstance(raligncmp, str) else raligncmp
         rcmp = parse("ccc", "comparator") if rcmp is None else rcmp
         ms = ralign.get("maxshift", -1)
+        pruned = np.isneginf(corr)
         alpha, tx, ty, corr = refine(particles, refs, (alpha, tx, ty, mir), pairs=pairs, cmp=rcmp,
                                      maxshift=n / 4 if ms is None or ms < 0 else float(ms),
                                      precision=float(ralign.get("precision", 0.04)), workers=workers)
+        corr = np.where(pruned, -np.inf, corr)
     if cmp.name == "ccc" and not cmp.params and not refined:
         # the search already maximised the correlation coefficient over the disc r < n/2-1;
         # resampling every reference again to score it with ccc would only repeat that number
         score = -corr
     else:
         score = score_pairs(particles, refs, (alpha, tx, ty, mir), cmp, pairs=pairs, apix=apix, ref_ptcl_repr=ref_ptcl_repr)
+        score = np.where(np.isneginf(corr), np.inf, score)
     return Alignment(alpha, tx, ty, mir, score, corr)
 
 

@@ -110,9 +110,10 @@ rule mra_chunk:
     threads: config["threads"]
     params:
         opts=SIMMX_ARGS,
+        candidates=config["mracandidates"],
     shell:
         "r2d simmx {input.refs} {input.particles} -o {output} --chunk {wildcards.scatteritem}"
-        " {params.opts} --threads {threads} > {log} 2>&1"
+        " {params.opts} --candidates {params.candidates} --threads {threads} > {log} 2>&1"
 
 
 rule mra:

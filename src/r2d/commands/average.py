@@ -26,7 +26,7 @@ from r2d import io
 from r2d.average import class_averages
 from r2d.ctf import ParticleCTF
 from r2d.commands._classopts import add_class_args
-from r2d.commands._common import add_threads, read_particles, stack_weight
+from r2d.commands._common import add_threads, bad_mask, read_particles, stack_weight
 
 
 def add_args(p):
@@ -59,9 +59,10 @@ def main(args):
     cmx = io.read_matrix(args.classmx)
     particle = cmx["particle"]
     parts = read_particles(stack, particle)
+    label = np.where(bad_mask(parts), -1, cmx["class"])  # NaN/Inf or blank particles are never averaged in
     apix = stack.pixel_size or args.apix
     res = class_averages(
-        parts, cmx["class"], iterations=args.iter, keep=args.keep, keepsig=args.keepsig, aligner=args.align,
+        parts, label, iterations=args.iter, keep=args.keep, keepsig=args.keepsig, aligner=args.align,
         aligncmp=args.aligncmp, ralign=args.ralign, raligncmp=args.raligncmp, cmp=args.cmp,
         averager=args.averager, normproc=args.normproc, center=args.center, automask=args.automask,
         maxshift=args.maxshift, apix=apix, workers=args.threads,

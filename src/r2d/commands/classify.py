@@ -42,6 +42,8 @@ def main(args):
     proj = data["proj"]
     particle = data["particle"]
     use = ~np.isin(particle, read_exclude(args.exclude))
+    if "score" in data:  # excluded and bad particles have no finite simmx score
+        use &= np.isfinite(data["score"])
     if args.mra:
         return _main_mra(args, particle, use)
     k = min(args.ncls, int(use.sum()))

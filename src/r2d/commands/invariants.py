@@ -15,7 +15,8 @@ import logging
 import numpy as np
 
 from r2d import io
-from r2d.commands._common import add_exclude, add_threads, read_exclude, read_particles
+from r2d.errors import InputError
+from r2d.commands._common import add_exclude, add_threads, read_exclude, read_good_particles
 from r2d.invariants import footprint
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,14 @@ def main(args):
     excl = read_exclude(args.exclude, len(stack))
     idx = subset_indices(len(stack), args.ncls, excl)
     log.info("footprints of %d of %d particles", len(idx), len(stack))
-    fp = np.concatenate([footprint(read_particles(stack, idx[lo:lo + 2048]), workers=args.threads)
-                         for lo in range(0, len(idx), 2048)])
+    fps, kept = [], []
+    for lo in range(0, len(idx), 2048):  # particles with NaN/Inf pixels or zero variance are left out
+        parts, good, _ = read_good_particles(stack, idx[lo:lo + 2048])
+        if len(good):
+            fps.append(footprint(parts, workers=args.threads))
+            kept.append(good)
+    if not kept:
+        raise InputError(f"{args.input}: no usable particle (all have NaN/Inf pixels or zero variance)")
+    fp, idx = np.concatenate(fps), np.concatenate(kept)
     io.write_matrix(args.output, {"fp": fp.astype(np.float32), "particle": idx.astype(np.int64)},
                     {"artifact": "input_fp", "input": str(args.input)})

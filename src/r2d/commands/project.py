@@ -66,5 +66,6 @@ def main(args):
         moved = tf.transform(parts, best["dalpha"][lo:hi], best["dx"][lo:hi], best["dy"][lo:hi],
                              best["mirror"][lo:hi])
         proj[lo:hi] = project(moved.reshape(hi - lo, -1), basis, normproj=True)
+    proj[~np.isfinite(best["score"])] = 0.0  # excluded and bad particles (read as blank images)
     io.write_matrix(args.output, {"proj": proj, "particle": simmx.get("particle", np.arange(n)), **best},
                     {"artifact": "input_proj", "normproj": 1})

@@ -18,7 +18,7 @@ import numpy as np
 from r2d import io
 from r2d.align import align
 from r2d import transforms as tf
-from r2d.commands._common import add_exclude, add_threads, read_exclude, read_particles, stack_weight
+from r2d.commands._common import add_exclude, add_threads, read_exclude, read_good_particles, stack_weight
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ def add_args(p):
     p.add_argument("--cmp", default="ccc", help="simcmp")
     p.add_argument("--shrink", type=int, default=0, help="Fourier-shrink factor for the search (0/1: off)")
     p.add_argument("--chunk", default=None, help="only particles of chunk i-of-k")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="full-resolution search only for each particle's best N references of the coarse "
+                        "level (the others get score +inf); default: all")
     add_exclude(p)
     add_threads(p)
 
@@ -57,10 +60,13 @@ def main(args):
     weight = stack_weight(stack, workers=args.threads)
     refs = tf.radial_filter(refs, weight)
     for blo in range(0, len(todo), 4096):
-        sel = todo[blo:blo + 4096]
-        parts = tf.radial_filter(read_particles(stack, sel), weight, workers=args.threads)
+        parts, sel, bad = read_good_particles(stack, todo[blo:blo + 4096])  # bad ones: score +inf, as excluded
+        excl = np.union1d(excl, bad)
+        if not len(sel):
+            continue
+        parts = tf.radial_filter(parts, weight, workers=args.threads)
         a = align(parts, refs[good], args.align, args.aligncmp, ralign=args.ralign, raligncmp=args.raligncmp,
-                  shrink=args.shrink, apix=stack.pixel_size, ref_ptcl_repr=repr_[good], workers=args.threads)
+                  shrink=args.shrink, apix=stack.pixel_size, candidates=args.candidates, ref_ptcl_repr=repr_[good], workers=args.threads)
         rows = sel - lo
         cols = np.flatnonzero(good)
         for key, v in (("score", a.score), ("dx", a.tx), ("dy", a.ty), ("dalpha", a.alpha), ("mirror", a.mirror)):
