@@ -134,15 +134,21 @@ def polar_ft(images: np.ndarray, L: int, shifts=None, mirror: bool = False, work
     S = len(shifts)
     R = n // 2 - 1
     M = polar_matrix(n, L, shifts, mirror)
-    pol = (M @ images.reshape(N, n * n).T).T.reshape(N, S, R, L).astype(np.float64)
+    pol = np.ascontiguousarray((M @ images.reshape(N, n * n).T).T, dtype=np.float32).reshape(N, S, R, L)
     w = _ring_weights(n)
-    wmean = (pol.mean(axis=3) * w[None, None, :] ** 2).sum(2) / (w**2).sum()
-    pol -= wmean[:, :, None, None]
-    pol *= w[None, None, :, None]
-    norm = np.sqrt((pol**2).sum(axis=(2, 3)))
+    ft = sfft.rfft(pol, axis=3, workers=workers)                              # complex64
+    # mean removal and normalisation in Fourier space: the k = 0 term holds the ring sums
+    w2 = (w**2).astype(np.float32)
+    wmean = (ft[..., 0].real / L * w2).sum(2) / w2.sum()                       # (N, S)
+    ft[..., 0] -= (wmean * L)[:, :, None]
+    ft *= w.astype(np.float32)[None, None, :, None]
+    # Parseval for a real signal: Σ_θ x² = (|X_0|² + 2 Σ_{0<k<L/2} |X_k|² + |X_{L/2}|²) / L
+    pw = np.abs(ft) ** 2
+    energy = (pw[..., 0] + 2 * pw[..., 1:-1].sum(-1) + pw[..., -1]).sum(2) / L
+    norm = np.sqrt(energy)
     norm[norm == 0] = 1.0
-    pol /= norm[:, :, None, None]
-    return sfft.rfft(pol, axis=3, workers=workers).astype(np.complex64)
+    ft /= norm[:, :, None, None].astype(np.float32)
+    return ft
 
 
 # ----------------------------------------------------------------------------------------
