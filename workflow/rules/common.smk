@@ -88,3 +88,76 @@ def final_outputs():
     exports (EXPORT_FILES in export.smk).
     """
     return [art(f"classes_{ITERS[-1]}.hdf"), *REPORT_FILES, *EXPORT_FILES]
+
+
+# ---- threads, memory and runtime of every job -------------------------------------------------
+# Estimated from the input (INPUT_FACTS: particles used, box) and the chunk size: a chunked job's
+# memory depends on its chunk (at most BLOCK particles held at once), not on the dataset.
+# Overrides: config `resources: {RULE: {mem_mb: .., runtime: ..}}`, or Snakemake's own
+# `--set-resources RULE:mem_mb=..` (wins over both). A retried job (--retries) asks for
+# attempt x the estimate.
+#   mem_mb  = 1.25 * (170 + A * (box/64)^2 + I * img * particles_held), rounded up to 100, >= 500
+#             (170 MiB = Python + numpy + r2d; A = box-dependent tables (aligner); img = box^2*4 B)
+#   runtime = ceil(3 * s * particles * (box/64)^3 * passes / threads / 60) minutes, >= 10
+# A, I and s (CPU seconds per particle at 64 px) fitted to peak RSS / CPU time measured with
+# /usr/bin/time on simulated 2000-particle stacks of 64 px and 128 px (2 threads):
+#   simmx_chunk (5 refs): 603/642 MiB at 500/2000 ptcls, 64 px; 2015/2384 MiB at 128 px
+#   mra_chunk (32 refs):  699/739 MiB at 500/2000, 64 px; 2716 MiB at 500, 128 px
+#   classes (average):    709 MiB at 2000, 64 px; 2653 MiB at 2000, 128 px (whole stack)
+#   input_fp:             252 / 522 MiB at 2000, 64 / 128 px;  msa of input_fp: 277 / 565 MiB
+#   input_proj: 478 MiB (2000, 64 px); allrefs 401, aliref 168, classify 64, gather 43, montage 101,
+#   export 140 MiB (64 px)
+N_USED = max(1, INPUT_FACTS.get("n_used", INPUT_FACTS.get("n", 1)))
+BOX = INPUT_FACTS.get("box", 64)
+CHUNK_N = -(-N_USED // config["chunks"])  # particles of the largest chunk
+IMG_MB = BOX * BOX * 4 / 2**20  # one float32 image
+BLOCK = 4096  # particles a chunked step holds at once (r2d reads in blocks of 4096)
+# kind: (A MiB, I images per particle, particles held, s CPU s per particle at 64 px, passes)
+_RES = {
+    "input_fp": (0, 3, "all", 0.001, 1),
+    "msa_fp": (0, 4.4, "all", 0.002, 1),  # footprints: ~0.55 img per particle
+    "project_fp": (0, 1.8, "all", 0.001, 1),
+    "classify": (0, 0.1, "all", 0.0005, 1),
+    "average": (450, 7, "all", 0.0045, config["classiter"] + 1),
+    "average_init": (450, 7, "all", 0.0045, 9),
+    "refs": (250, 0, "all", 0, 1),  # allrefs: class averages and aligner tables
+    "light": (
+        0,
+        0,
+        "all",
+        0,
+        1,
+    ),  # aliref, basis, montages, summary: class averages only
+    "simmx_chunk": (420, 4, "block", 0.0012 * config["naliref"], 1),
+    "mra_chunk": (650, 4, "block", 0.015, 1),
+    "gather": (0, 0.2, "all", 0.0002, 1),  # score/shift rows: ~0.2 img per particle
+    "input_proj": (0, 10, "block", 0.002, 1),
+    "export": (0, 1, "block", 0.001, 1),
+}
+
+
+def _override(rule, key):
+    return ((config.get("resources") or {}).get(rule) or {}).get(key)
+
+
+def _particles(kind, chunked):
+    held = _RES[kind][2]
+    n = CHUNK_N if chunked else N_USED
+    return min(n, BLOCK) if held == "block" else n
+
+
+def mem_mb(rule, kind, chunked=False):
+    """`resources: mem_mb` of `rule` (a function of the attempt; formula above)."""
+    tables, per_img, _, _, _ = _RES[kind]
+    est = 170 + tables * (BOX / 64) ** 2 + per_img * IMG_MB * _particles(kind, chunked)
+    value = _override(rule, "mem_mb") or max(500, 100 * int(-(-1.25 * est // 100)))
+    return lambda wildcards, attempt: value * attempt
+
+
+def runtime_min(rule, kind, chunked=False, threads=1):
+    """`resources: runtime` (minutes) of `rule` (a function of the attempt; formula above)."""
+    _, _, _, rate, passes = _RES[kind]
+    n = CHUNK_N if chunked else N_USED
+    est = 3 * rate * n * (BOX / 64) ** 3 * passes / threads / 60
+    value = _override(rule, "runtime") or max(10, int(-(-est // 1)))
+    return lambda wildcards, attempt: value * attempt

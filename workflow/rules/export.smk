@@ -33,6 +33,10 @@ rule export:
         art("logs/export.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("export", "export"),
+        runtime=runtime_min("export", "export"),
     params:
         run=lambda w, input: os.path.dirname(input.classes),
         outdir=lambda w, output: os.path.dirname(output[0]),

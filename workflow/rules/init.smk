@@ -14,6 +14,9 @@ rule input_fp:
     conda:
         "../envs/r2d.yaml"
     threads: config["threads"]
+    resources:
+        mem_mb=mem_mb("input_fp", "input_fp"),
+        runtime=runtime_min("input_fp", "input_fp", threads=config["threads"]),
     params:
         ncls=config["ncls"],
         exclude=exclude_arg(),
@@ -31,6 +34,10 @@ rule input_fp_basis:
         art("logs/input_fp_basis.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("input_fp_basis", "msa_fp"),
+        runtime=runtime_min("input_fp_basis", "msa_fp"),
     params:
         nbasis=config["nbasisfp"],
         seed=iteration_seed(0),
@@ -48,6 +55,10 @@ rule input_fp_basis_proj:
         art("logs/input_fp_basis_proj.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("input_fp_basis_proj", "project_fp"),
+        runtime=runtime_min("input_fp_basis_proj", "project_fp"),
     params:
         normproj="--normproj" if config["normproj"] else "",
     shell:
@@ -63,6 +74,10 @@ rule classmx_00:
         art("logs/classmx_00.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("classmx_00", "classify"),
+        runtime=runtime_min("classmx_00", "classify"),
     params:
         ncls=min(50, config["ncls"]),
         minchange=config["minchange"],
@@ -87,6 +102,9 @@ rule classes_init:
     conda:
         "../envs/r2d.yaml"
     threads: config["threads"]
+    resources:
+        mem_mb=mem_mb("classes_init", "average_init"),
+        runtime=runtime_min("classes_init", "average_init", threads=config["threads"]),
     params:
         opts=class_args(8),
     shell:

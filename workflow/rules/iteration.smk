@@ -20,6 +20,9 @@ rule allrefs:
     conda:
         "../envs/r2d.yaml"
     threads: config["threads"]
+    resources:
+        mem_mb=mem_mb("allrefs", "refs"),
+        runtime=runtime_min("allrefs", "refs", threads=config["threads"]),
     params:
         apix=f"--apix {config['apix']}" if config["apix"] else "",
     shell:
@@ -35,6 +38,10 @@ rule basis:
         art("logs/basis_{it}.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("basis", "light"),
+        runtime=runtime_min("basis", "light"),
     params:
         nbasis=config["nbasisfp"],
         seed=lambda wc: iteration_seed(wc.it),
@@ -52,6 +59,9 @@ rule aliref:
     conda:
         "../envs/r2d.yaml"
     threads: config["threads"]
+    resources:
+        mem_mb=mem_mb("aliref", "light"),
+        runtime=runtime_min("aliref", "light", threads=config["threads"]),
     params:
         naliref=config["naliref"],
         ncls=config["ncls"],
@@ -74,6 +84,11 @@ rule simmx_chunk:
     conda:
         "../envs/r2d.yaml"
     threads: config["threads"]
+    resources:
+        mem_mb=mem_mb("simmx_chunk", "simmx_chunk", chunked=True),
+        runtime=runtime_min(
+            "simmx_chunk", "simmx_chunk", chunked=True, threads=config["threads"]
+        ),
     params:
         opts=SIMMX_ARGS,
     shell:
@@ -90,6 +105,10 @@ rule simmx:
         art("logs/simmx_{it}.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("simmx", "gather"),
+        runtime=runtime_min("simmx", "gather"),
     shell:
         "r2d gather -o {output} {input} > {log} 2>&1"
 
@@ -108,6 +127,11 @@ rule mra_chunk:
     conda:
         "../envs/r2d.yaml"
     threads: config["threads"]
+    resources:
+        mem_mb=mem_mb("mra_chunk", "mra_chunk", chunked=True),
+        runtime=runtime_min(
+            "mra_chunk", "mra_chunk", chunked=True, threads=config["threads"]
+        ),
     params:
         opts=SIMMX_ARGS,
         candidates=config["mracandidates"],
@@ -125,6 +149,10 @@ rule mra:
         art("logs/mra_{it}.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("mra", "gather"),
+        runtime=runtime_min("mra", "gather"),
     shell:
         "r2d gather -o {output} {input} > {log} 2>&1"
 
@@ -140,6 +168,10 @@ rule input_proj:
         art("logs/input_{it}_proj.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("input_proj", "input_proj"),
+        runtime=runtime_min("input_proj", "input_proj"),
     shell:
         "r2d project {input.particles} {input.basis} --simmx {input.simmx} -o {output} > {log} 2>&1"
 
@@ -155,6 +187,10 @@ rule classmx:
         art("logs/classmx_{it}.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("classmx", "classify"),
+        runtime=runtime_min("classmx", "classify"),
     params:
         ncls=config["ncls"],
         minchange=config["minchange"],
@@ -181,6 +217,9 @@ rule classes:
     conda:
         "../envs/r2d.yaml"
     threads: config["threads"]
+    resources:
+        mem_mb=mem_mb("classes", "average"),
+        runtime=runtime_min("classes", "average", threads=config["threads"]),
     params:
         opts=class_args(config["classiter"]),
     shell:

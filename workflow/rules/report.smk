@@ -18,6 +18,10 @@ rule montage_final:
         art("logs/montage_final.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("montage_final", "light"),
+        runtime=runtime_min("montage_final", "light"),
     params:
         title=f"final class averages (iteration {ITERS[-1]})",
     shell:
@@ -39,6 +43,10 @@ rule montage_init:
         art("logs/montage_init.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("montage_init", "light"),
+        runtime=runtime_min("montage_init", "light"),
     shell:
         "r2d montage {input} -o {output} --title 'classes_init' > {log} 2>&1"
 
@@ -58,6 +66,10 @@ rule montage:
         art("logs/montage_{it}.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("montage", "light"),
+        runtime=runtime_min("montage", "light"),
     shell:
         "r2d montage {input} -o {output} --title 'iteration {wildcards.it}' > {log} 2>&1"
 
@@ -90,6 +102,10 @@ rule summary:
         art("logs/summary.log"),
     conda:
         "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("summary", "light"),
+        runtime=runtime_min("summary", "light"),
     params:
         run=lambda w, input: os.path.dirname(input.classmx[0]),
     shell:
