@@ -10,7 +10,11 @@ Checks:
 * two ``sbatch --wrap`` jobs with different --cpus-per-task/--mem run, and
   ``scontrol show job`` / ``squeue`` report the requested CPUs and memory;
 * the Snakemake SLURM executor plugin submits one SLURM job per rule with the
-  rule's ``threads`` and ``resources.mem_mb`` and the outputs appear.
+  rule's ``threads`` and ``resources.mem_mb`` and the outputs appear;
+* the r2d workflow itself, run through ``workflow/profiles/slurm`` on a tiny simulated
+  data set with ``chunks: 3``: every Snakemake job (each simmx/mra/input_proj chunk included) is its
+  own SLURM job with the CPUs, memory and time limit the workflow declared (read from a
+  dry run), and the classes equal those of a local unchunked run.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slurm
 
@@ -215,3 +221,103 @@ def test_snakemake_slurm_executor(slurm_env, tmp_path):
     for j in ours:
         threads, mem_mb = rules[j["comment"].removeprefix("rule_")]
         assert j["state"] == "COMPLETED" and j["cpus"] == str(threads) and j["mem"] == f"{mem_mb}M", j
+
+
+# ----------------------------------------------------------------------------- r2d workflow
+WF_CONFIG = {"ncls": 4, "iter": 1, "naliref": 2, "nbasisfp": 3, "classiter": 1, "seed": 7,
+             "path": "run", "input": "data/particles.star"}
+SLURM_FLAGS = [
+    # the profile's placeholders, replaced for the local cluster (docs/slurm.md)
+    "--default-resources", "slurm_partition=debug", "slurm_account=none",
+    "--slurm-status-command", "squeue",
+    "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
+    "--latency-wait", "5", "--jobs", "8",
+]
+
+
+def _planned(out: str) -> dict[str, dict]:
+    """Dry-run job blocks: SLURM comment (rule_NAME[_wildcards_VALUES]) -> threads, mem_mb, runtime."""
+    jobs = {}
+    for block in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule )", out):
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if not m or m.group(1) == "all":
+            continue
+        wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        values = "_".join(kv.split("=", 1)[1] for kv in wc.group(1).split(", ")) if wc else ""
+        res = dict(kv.split("=", 1) for kv in re.search(r"^\s+resources: (.*)$", block, re.M).group(1).split(", "))
+        th = re.search(r"^\s+threads: (\d+)$", block, re.M)
+        key = f"rule_{m.group(1)}" + (f"_wildcards_{values}" if values else "")
+        jobs[key] = {"threads": int(th.group(1)) if th else 1, "mem_mb": int(res["mem_mb"]),
+                     "runtime": int(res["runtime"])}
+    return jobs
+
+
+def _mem_mib(v: str) -> int:
+    return int(float(v[:-1]) * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[v[-1]])
+
+
+def test_r2d_workflow_through_slurm_profile(slurm_env, tmp_path):
+    """The workflow through workflow/profiles/slurm: one SLURM job per Snakemake job, as declared."""
+    snakemake = _snakemake_bin()
+    py = snakemake.parent / "python"
+    if py.exists() and subprocess.run([str(py), "-c", "import snakemake_executor_plugin_slurm"]).returncode:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed")
+    env = dict(slurm_env, PATH=f"{snakemake.parent}:{slurm_env['PATH']}")
+    threads = min(2, _ncpus())
+    runs = {}
+    for name, chunks in (("slurm", 3), ("local", 1)):
+        wd = tmp_path / name
+        _run([snakemake.parent / "r2d", "simulate", "--phantom", "--n", "60", "--box", "32", "--apix", "10",
+              "--snr", "1", "--shift", "1", "--seed", "2", "-o", wd / "data"], env)
+        (wd / "config").mkdir()
+        (wd / "config" / "config.yaml").write_text(
+            yaml.safe_dump({**WF_CONFIG, "chunks": chunks, "threads": threads}))
+        runs[name] = wd
+    base = [snakemake, "-s", REPO / "Snakefile", "--directory", runs["slurm"]]
+    dry = _run([*base, "--workflow-profile", "none", "--cores", str(threads), "-n"], env, timeout=120)
+    planned = _planned(dry.stdout + dry.stderr)
+    chunk_jobs = [k for k in planned if re.match(r"rule_(simmx|mra|input_proj)_chunk_", k)]
+    assert len(chunk_jobs) == 9, sorted(planned)
+
+    t0 = time.monotonic()
+    p = _run([*base, "--workflow-profile", REPO / "workflow" / "profiles" / "slurm", *SLURM_FLAGS], env,
+             cwd=runs["slurm"], timeout=600, check=False)
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 0, f"snakemake failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+
+    # the run's SLURM jobs: the ones whose comment names a planned job (all share the run UUID)
+    ours = [j for j in _squeue_all(slurm_env) if j["comment"] in planned]
+    names = {j["name"] for j in ours}
+    assert len(names) == 1, names
+    assert sorted(j["comment"] for j in ours) == sorted(planned), "not one SLURM job per Snakemake job"
+    lines = [f"r2d workflow through the SLURM profile: {len(ours)} SLURM jobs in {elapsed:.0f} s",
+             f"{'jobid':>6} {'cpus':>4} {'mem':>7} {'time':>8}  job"]
+    for j in sorted(ours, key=lambda j: int(j["id"])):
+        want = planned[j["comment"]]
+        job = _show_job(slurm_env, j["id"])
+        assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
+        assert job["Partition"] == "debug", job
+        assert int(job["NumCPUs"]) == want["threads"] and int(job["CPUs/Task"]) == want["threads"], (want, job)
+        assert _mem_mib(job["MinMemoryNode"]) == want["mem_mb"], (want, job)
+        h, m_, s_ = (int(x) for x in job["TimeLimit"].split(":"))
+        assert h * 60 + m_ + s_ / 60 == want["runtime"], (want, job)
+        lines.append(f"{j['id']:>6} {job['NumCPUs']:>4} {job['MinMemoryNode']:>7} {job['TimeLimit']:>8}  "
+                     f"{j['comment'].removeprefix('rule_')}")
+    print("\n".join(lines))
+    (tmp_path / "slurm_jobs.txt").write_text("\n".join(lines) + "\n")
+    chunk_ids = {j["comment"]: j["id"] for j in ours if j["comment"] in chunk_jobs}
+    assert len(set(chunk_ids.values())) == 9, chunk_ids
+
+    # the same classes as a local run without chunks
+    loc = _run([snakemake, "-s", REPO / "Snakefile", "--directory", runs["local"], "--workflow-profile", "none",
+                "--cores", str(threads)], env, timeout=600)
+    assert loc.returncode == 0
+    from r2d import io
+
+    for art in ("classmx_00.h5", "classmx_01.h5", "mra_01.h5", "simmx_01.h5", "input_01_proj.h5"):
+        a, b = io.read_matrix(runs["slurm"] / "run" / art), io.read_matrix(runs["local"] / "run" / art)
+        assert a.keys() == b.keys(), art
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{art}:{k}")
+    np.testing.assert_array_equal(io.read_image_stack(runs["slurm"] / "run" / "classes_01.hdf"),
+                                  io.read_image_stack(runs["local"] / "run" / "classes_01.hdf"))

@@ -105,7 +105,7 @@ def final_outputs():
 #   mra_chunk (32 refs):  699/739 MiB at 500/2000, 64 px; 2716 MiB at 500, 128 px
 #   classes (average):    709 MiB at 2000, 64 px; 2653 MiB at 2000, 128 px (whole stack)
 #   input_fp:             252 / 522 MiB at 2000, 64 / 128 px;  msa of input_fp: 277 / 565 MiB
-#   input_proj: 478 MiB (2000, 64 px); allrefs 401, aliref 168, classify 64, gather 43, montage 101,
+#   input_proj chunk: 325/477 MiB at 500/2000, 64 px; allrefs 401, aliref 168, classify 64, gather 43, montage 101,
 #   export 140 MiB (64 px)
 N_USED = max(1, INPUT_FACTS.get("n_used", INPUT_FACTS.get("n", 1)))
 BOX = INPUT_FACTS.get("box", 64)
@@ -131,7 +131,7 @@ _RES = {
     "simmx_chunk": (420, 4, "block", 0.0012 * config["naliref"], 1),
     "mra_chunk": (650, 4, "block", 0.015, 1),
     "gather": (0, 0.2, "all", 0.0002, 1),  # score/shift rows: ~0.2 img per particle
-    "input_proj": (0, 10, "block", 0.002, 1),
+    "input_proj": (150, 7, "block", 0.002, 1),
     "export": (0, 1, "block", 0.001, 1),
 }
 

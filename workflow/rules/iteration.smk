@@ -157,23 +157,43 @@ rule mra:
         "r2d gather -o {output} {input} > {log} 2>&1"
 
 
-rule input_proj:
+rule input_proj_chunk:
     input:
         particles=config["input"],
         basis=art("basis_{it}.hdf"),
         simmx=art("simmx_{it}.h5"),
     output:
-        art("input_{it}_proj.h5"),
+        temp(art("input_{it}_proj/{scatteritem}.h5")),
+    log:
+        art("logs/input_{it}_proj/{scatteritem}.log"),
+    benchmark:
+        art("benchmarks/input_{it}_proj/{scatteritem}.tsv")
+    conda:
+        "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("input_proj_chunk", "input_proj", chunked=True),
+        runtime=runtime_min("input_proj_chunk", "input_proj", chunked=True),
+    shell:
+        "r2d project {input.particles} {input.basis} --simmx {input.simmx} -o {output}"
+        " --chunk {wildcards.scatteritem} > {log} 2>&1"
+
+
+rule input_proj:
+    input:
+        gather.chunk(art("input_{{it}}_proj/{scatteritem}.h5")),
+    output:
+        ensure(art("input_{it}_proj.h5"), non_empty=True),
     log:
         art("logs/input_{it}_proj.log"),
     conda:
         "../envs/r2d.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb("input_proj", "input_proj"),
-        runtime=runtime_min("input_proj", "input_proj"),
+        mem_mb=mem_mb("input_proj", "gather"),
+        runtime=runtime_min("input_proj", "gather"),
     shell:
-        "r2d project {input.particles} {input.basis} --simmx {input.simmx} -o {output} > {log} 2>&1"
+        "r2d gather -o {output} {input} > {log} 2>&1"
 
 
 rule classmx:

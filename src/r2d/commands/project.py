@@ -4,6 +4,8 @@ Initial stage: ``r2d project input_fp.h5 input_fp_basis.hdf -o input_fp_basis_pr
 projects the footprints. Iterations: ``r2d project PARTICLES basis_YY.hdf --simmx simmx_YY.h5
 -o input_YY_proj.h5`` moves each particle into the frame of its best aliref (lowest simmx
 score) and projects it, always normalising the projection (as e2basis projectrot).
+``--chunk i-of-k`` reads and projects only that particle range of the stack (the rows of the
+simmx file may be the whole run's or just that chunk's); ``r2d gather`` concatenates the chunks.
 
 Output datasets: ``proj`` (N, B) float32, ``particle`` (N,), and with ``--simmx`` also
 ``ref`` (best aliref), ``dx, dy, dalpha, mirror`` (particle → aliref transform) and ``score``.
@@ -43,6 +45,7 @@ def add_args(p):
     p.add_argument("-o", "--output", required=True, help="projection file (.h5)")
     p.add_argument("--simmx", help="simmx_YY.h5: align each particle to its best aliref first (iterations)")
     p.add_argument("--normproj", action="store_true", help="normalise projection vectors (always on with --simmx)")
+    p.add_argument("--chunk", default=None, help="with --simmx: only particles of chunk i-of-k")
 
 
 def main(args):
@@ -56,16 +59,22 @@ def main(args):
         return 0
     stack = io.open_stack(args.input)
     simmx = io.read_matrix(args.simmx)
-    best = best_reference(simmx)
     n = len(stack)
-    proj = np.empty((n, basis.nbasis), dtype=np.float32)
+    lo, hi = io.chunk_range(args.chunk, n) if args.chunk else (0, n)
+    rows = len(simmx["score"])
+    if rows == n and (lo, hi) != (0, n):  # the whole run's simmx: keep this chunk's rows
+        simmx = {k: v[lo:hi] for k, v in simmx.items()}
+    elif rows != hi - lo:
+        raise ValueError(f"project: {args.simmx} has {rows} rows, expected {n} or {hi - lo} (chunk {args.chunk})")
+    best = best_reference(simmx)
+    proj = np.empty((hi - lo, basis.nbasis), dtype=np.float32)
     weight = stack_weight(stack)
-    for lo in range(0, n, 4096):
-        hi = min(n, lo + 4096)
-        parts = tf.radial_filter(read_particles(stack, np.arange(lo, hi)), weight)
-        moved = tf.transform(parts, best["dalpha"][lo:hi], best["dx"][lo:hi], best["dy"][lo:hi],
-                             best["mirror"][lo:hi])
-        proj[lo:hi] = project(moved.reshape(hi - lo, -1), basis, normproj=True)
+    for blo in range(lo, hi, 4096):
+        bhi = min(hi, blo + 4096)
+        r = slice(blo - lo, bhi - lo)
+        parts = tf.radial_filter(read_particles(stack, np.arange(blo, bhi)), weight)
+        moved = tf.transform(parts, best["dalpha"][r], best["dx"][r], best["dy"][r], best["mirror"][r])
+        proj[r] = project(moved.reshape(bhi - blo, -1), basis, normproj=True)
     proj[~np.isfinite(best["score"])] = 0.0  # excluded and bad particles (read as blank images)
-    io.write_matrix(args.output, {"proj": proj, "particle": simmx.get("particle", np.arange(n)), **best},
-                    {"artifact": "input_proj", "normproj": 1})
+    io.write_matrix(args.output, {"proj": proj, "particle": simmx.get("particle", np.arange(lo, hi)), **best},
+                    {"artifact": "input_proj", "normproj": 1, "chunk": args.chunk or ""})
