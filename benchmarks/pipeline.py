@@ -35,6 +35,7 @@ def main() -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--phantom", action="store_true", help="use r2d's phantom instead of the 70S map")
     ap.add_argument("--workdir", default="/tmp/r2d-bench")
+    ap.add_argument("--snakefile", default=str(REPO / "Snakefile"), help="workflow to run (default: this checkout's)")
     args = ap.parse_args()
     if not args.phantom and not MAP.exists():
         print(f"skipped: {MAP} not found (../shared absent); use --phantom")
@@ -52,7 +53,7 @@ def main() -> int:
            "nbasisfp": 12, "threads": args.cores, "seed": 1}
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     t0 = time.time()
-    subprocess.run([BIN / "snakemake", "-s", str(REPO / "Snakefile"), "--workflow-profile", "none",
+    subprocess.run([BIN / "snakemake", "-s", args.snakefile, "--workflow-profile", "none",
                     "--directory", str(wd), "--cores", str(args.cores), "--forceall", "--quiet"],
                    check=True, env=env)
     wall = time.time() - t0
