@@ -226,6 +226,10 @@ def test_snakemake_slurm_executor(slurm_env, tmp_path):
 # ----------------------------------------------------------------------------- r2d workflow
 WF_CONFIG = {"ncls": 4, "iter": 1, "naliref": 2, "nbasisfp": 3, "classiter": 1, "seed": 7,
              "path": "run", "input": "data/particles.star"}
+WF_RESOURCES = {"simmx_chunk": {"mem_mb": 700}, "mra_chunk": {"mem_mb": 800, "runtime": 15},
+                "classes": {"mem_mb": 900}}
+SET_RESOURCES = ["input_proj_chunk:mem_mb=600", "input_proj_chunk:runtime=12"]
+SET_EXPECTED = {"input_proj_chunk": {"mem_mb": 600, "runtime": 12}}
 SLURM_FLAGS = [
     # the profile's placeholders, replaced for the local cluster (docs/slurm.md)
     "--default-resources", "slurm_partition=debug", "slurm_account=none",
@@ -271,13 +275,20 @@ def test_r2d_workflow_through_slurm_profile(slurm_env, tmp_path):
               "--snr", "1", "--shift", "1", "--seed", "2", "-o", wd / "data"], env)
         (wd / "config").mkdir()
         (wd / "config" / "config.yaml").write_text(
-            yaml.safe_dump({**WF_CONFIG, "chunks": chunks, "threads": threads}))
+            yaml.safe_dump({**WF_CONFIG, "chunks": chunks, "threads": threads, "resources": WF_RESOURCES}))
         runs[name] = wd
-    base = [snakemake, "-s", REPO / "Snakefile", "--directory", runs["slurm"]]
+    # the estimates (500 MiB floor, 10 min at this size) overridden for some rules: config
+    # `resources` and Snakemake's --set-resources must both reach sbatch
+    base = [snakemake, "-s", REPO / "Snakefile", "--directory", runs["slurm"], "--set-resources", *SET_RESOURCES]
     dry = _run([*base, "--workflow-profile", "none", "--cores", str(threads), "-n"], env, timeout=120)
     planned = _planned(dry.stdout + dry.stderr)
     chunk_jobs = [k for k in planned if re.match(r"rule_(simmx|mra|input_proj)_chunk_", k)]
     assert len(chunk_jobs) == 9, sorted(planned)
+    for key, want in planned.items():
+        rule = re.sub(r"_wildcards_.*", "", key.removeprefix("rule_"))
+        over = {**WF_RESOURCES.get(rule, {}), **SET_EXPECTED.get(rule, {})}
+        assert want["mem_mb"] == over.get("mem_mb", want["mem_mb"]), (key, want)
+        assert want["runtime"] == over.get("runtime", want["runtime"]), (key, want)
 
     t0 = time.monotonic()
     p = _run([*base, "--workflow-profile", REPO / "workflow" / "profiles" / "slurm", *SLURM_FLAGS], env,
