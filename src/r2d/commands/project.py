@@ -39,6 +39,31 @@ def best_reference(simmx: dict) -> dict:
             **{k: simmx[k][rows, best] for k in ("dx", "dy", "dalpha", "mirror")}}
 
 
+def project_rows(vectors: np.ndarray, basis: Basis, *, normproj: bool) -> np.ndarray:
+    """:func:`r2d.msa.project`, one row at a time.
+
+    A matmul's result for one row depends on how many rows come with it (BLAS blocking), so
+    projecting a chunk at once would differ in the last bit from projecting the whole stack.
+    Row by row, ``--chunk`` runs give byte-identical ``input_YY_proj`` (and what follows).
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    D = x.shape[1]
+    if D != basis.mean.shape[0]:
+        raise ValueError(f"project: vectors of shape {x.shape} do not match a basis of length "
+                         f"{basis.mean.shape[0]}")
+    c = np.ascontiguousarray(basis.components, dtype=np.float32)
+    mean_p = basis.mean.astype(np.float64) @ basis.components.astype(np.float64).T
+    out = np.empty((len(x), len(c)), dtype=np.float32)
+    for i, row in enumerate(x):
+        norm = np.sqrt(float(np.einsum("j,j->", row, row, dtype=np.float64)))
+        p = (c @ row).astype(np.float64) / (norm or 1.0) - mean_p
+        p /= D
+        if normproj:
+            p /= float(np.sqrt(p @ p)) or 1.0
+        out[i] = p
+    return out
+
+
 def add_args(p):
     p.add_argument("input", help="input_fp.h5 (initial stage) or the particle stack (iterations)")
     p.add_argument("basis", help="basis image stack")
@@ -74,7 +99,7 @@ def main(args):
         r = slice(blo - lo, bhi - lo)
         parts = tf.radial_filter(read_particles(stack, np.arange(blo, bhi)), weight)
         moved = tf.transform(parts, best["dalpha"][r], best["dx"][r], best["dy"][r], best["mirror"][r])
-        proj[r] = project(moved.reshape(bhi - blo, -1), basis, normproj=True)
+        proj[r] = project_rows(moved.reshape(bhi - blo, -1), basis, normproj=True)
     proj[~np.isfinite(best["score"])] = 0.0  # excluded and bad particles (read as blank images)
     io.write_matrix(args.output, {"proj": proj, "particle": simmx.get("particle", np.arange(lo, hi)), **best},
                     {"artifact": "input_proj", "normproj": 1, "chunk": args.chunk or ""})
