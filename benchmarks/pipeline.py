@@ -33,6 +33,7 @@ def main() -> int:
     ap.add_argument("--iter", type=int, default=8)
     ap.add_argument("--ncls", type=int, default=32)
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1, help="workflow seed (the data are always simulated with seed 1)")
     ap.add_argument("--phantom", action="store_true", help="use r2d's phantom instead of the 70S map")
     ap.add_argument("--workdir", default="/tmp/r2d-bench")
     ap.add_argument("--snakefile", default=str(REPO / "Snakefile"), help="workflow to run (default: this checkout's)")
@@ -50,7 +51,7 @@ def main() -> int:
                         "--seed", "1", "-o", str(wd / "data")], check=True, env=env)
     (wd / "config").mkdir(exist_ok=True)
     cfg = {"input": "data/particles.star", "path": "run", "ncls": args.ncls, "iter": args.iter, "naliref": 5,
-           "nbasisfp": 12, "threads": args.cores, "seed": 1}
+           "nbasisfp": 12, "threads": args.cores, "seed": args.seed}
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     t0 = time.time()
     subprocess.run([BIN / "snakemake", "-s", args.snakefile, "--workflow-profile", "none",
