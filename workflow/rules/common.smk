@@ -105,8 +105,8 @@ def final_outputs():
 #   mra_chunk (32 refs):  699/739 MiB at 500/2000, 64 px; 2716 MiB at 500, 128 px
 #   classes (average):    709 MiB at 2000, 64 px; 2653 MiB at 2000, 128 px (whole stack)
 #   input_fp:             252 / 522 MiB at 2000, 64 / 128 px;  msa of input_fp: 277 / 565 MiB
-#   input_proj chunk: 325/477 MiB at 500/2000, 64 px; allrefs 401, aliref 168, classify 64, gather 43, montage 101,
-#   export 140 MiB (64 px)
+#   input_proj chunk:     325/477 MiB at 500/2000, 64 px
+#   at 64 px: allrefs 401, aliref 168, classify 64, gather 43, montage 101, export 140 MiB
 N_USED = max(1, INPUT_FACTS.get("n_used", INPUT_FACTS.get("n", 1)))
 BOX = INPUT_FACTS.get("box", 64)
 CHUNK_N = -(-N_USED // config["chunks"])  # particles of the largest chunk
@@ -121,15 +121,11 @@ _RES = {
     "average": (450, 7, "all", 0.0045, config["classiter"] + 1),
     "average_init": (450, 7, "all", 0.0045, 9),
     "refs": (250, 0, "all", 0, 1),  # allrefs: class averages and aligner tables
-    "light": (
-        0,
-        0,
-        "all",
-        0,
-        1,
-    ),  # aliref, basis, montages, summary: class averages only
+    # aliref, basis, montages, summary: class averages only
+    "light": (0, 0, "all", 0, 1),
     "simmx_chunk": (420, 4, "block", 0.0012 * config["naliref"], 1),
-    "mra_chunk": (650, 4, "block", 0.015, 1),
+    # CPU time measured with ncls 32
+    "mra_chunk": (650, 4, "block", 0.015 * config["ncls"] / 32, 1),
     "gather": (0, 0.2, "all", 0.0002, 1),  # score/shift rows: ~0.2 img per particle
     "input_proj": (150, 7, "block", 0.002, 1),
     "export": (0, 1, "block", 0.001, 1),
