@@ -468,19 +468,11 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     Xc = X if ctf is None else _phase_flip(X, ctf, workers=workers)
     Xs = Xc if search_weight is None else tf.radial_filter(Xc, search_weight, workers=workers)
 
-    def _plain_ccc(o):
-        o = parse(o, "comparator") if isinstance(o, str) else o
-        return o is not None and o.name == "ccc" and not o.params
-
-    reuse_score = _plain_ccc(cmp) and _plain_ccc(aligncmp) and (ralign in (None, "None", ""))
-
     def run_align(sel, lab, refs, ref_repr=None):
         """Align particles ``sel`` to ``refs[lab]``; return params, moved search images, scores."""
         frefs = refs if search_weight is None else tf.radial_filter(refs, search_weight, workers=workers)
         a = align(Xs[sel], frefs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
                   apix=apix, workers=workers)
-        if reuse_score:  # plain ccc for both: the search's correlation coefficient is the score
-            return a, a.score
         moved_s = tf.transform(Xs[sel], a.alpha, a.tx, a.ty, a.mirror)
         score = compare(moved_s, frefs[lab], cmp, apix=apix, ptcl_repr=None if ref_repr is None else ref_repr[lab])
         return a, score
