@@ -364,12 +364,11 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
         for o, v in zip(out, (a, tx, ty, mm, c)):
             o[lo:hi] = v
     shape = (N, len(refs)) if pairs is None else (N,)
-    if keep is not None:  # pruned pairs: no transform, correlation -inf (score +inf)
-        full = [np.full(N * len(refs), np.nan) for _ in range(4)] + [np.full(N * len(refs), -np.inf)]
+    if keep is not None:  # pruned pairs: zero transform, correlation -inf (score +inf)
+        full = [np.zeros(N * len(refs)) for _ in range(4)] + [np.full(N * len(refs), -np.inf)]
         for f_, o in zip(full, out):
             f_[keep] = o
-        full[3] = np.where(keep, full[3], 0.0)
-        out = [np.where(keep, f_, 0.0) if i < 3 else f_ for i, f_ in enumerate(full)]
+        out = full
     return tuple(o.reshape(shape) for o in out)
 
 

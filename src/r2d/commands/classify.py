@@ -72,7 +72,7 @@ def _main_mra(args, particle, use):
         v = np.zeros(len(label), dtype=np.float32)
         v[rows] = mx[key][rows, label[rows]]
         out[key] = v
-    prev = np.bincount(label[rows], minlength=mx["score"].shape[1])
+    sizes = np.bincount(label[rows], minlength=mx["score"].shape[1])
     io.write_matrix(args.output, out, {"ncls": int(args.ncls), "method": "mra", "seed": int(args.seed)})
     log.info("assigned %d particles to %d class averages (sizes %d-%d)", len(rows), mx["score"].shape[1],
-             prev.min(), prev.max())
+             sizes.min(), sizes.max())
