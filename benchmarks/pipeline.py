@@ -4,7 +4,9 @@
 Data: the 70S ribosome map from ../shared/data/maps (skipped cleanly when absent) or, with
 --phantom, r2d's own phantom; 64 px, 5 Å/px, SNR 0.1, phase-flipped CTF (defocus 1-3 µm),
 shifts up to ±3 px, uniform views. Settings: ncls=32, iter=8, naliref=5, nbasisfp=12 (the
-pipeline issue's acceptance run). Quality: view error against the ground truth, per iteration.
+pipeline issue's acceptance run). Quality: view error against the ground truth, per iteration,
+and for the last iteration the FRC-0.5 resolution of the class averages against their
+best-matching noise-free projections (``r2d evaluate --map``).
 
   $ .venv/bin/python benchmarks/pipeline.py [--n 2000] [--iter 8] [--workdir /tmp/r2d-bench]
 """
@@ -34,6 +36,8 @@ def main() -> int:
     ap.add_argument("--ncls", type=int, default=32)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1, help="workflow seed (the data are always simulated with seed 1)")
+    ap.add_argument("--averager", default=None, help="classaverager (default: the workflow's default)")
+    ap.add_argument("--ctf", default="flip", choices=["flip", "full"], help="CTF of the simulated data")
     ap.add_argument("--phantom", action="store_true", help="use r2d's phantom instead of the 70S map")
     ap.add_argument("--workdir", default="/tmp/r2d-bench")
     ap.add_argument("--snakefile", default=str(REPO / "Snakefile"), help="workflow to run (default: this checkout's)")
@@ -47,11 +51,13 @@ def main() -> int:
     src = ["--phantom"] if args.phantom else ["--map", str(MAP)]
     if not (wd / "data" / "truth.tsv").exists():
         subprocess.run([BIN / "r2d", "simulate", *src, "--apix", "5", "--n", str(args.n), "--box", "64",
-                        "--snr", "0.1", "--shift", "3", "--ctf", "flip", "--defocus", "10000", "30000",
+                        "--snr", "0.1", "--shift", "3", "--ctf", args.ctf, "--defocus", "10000", "30000",
                         "--seed", "1", "-o", str(wd / "data")], check=True, env=env)
     (wd / "config").mkdir(exist_ok=True)
     cfg = {"input": "data/particles.star", "path": "run", "ncls": args.ncls, "iter": args.iter, "naliref": 5,
            "nbasisfp": 12, "threads": args.cores, "seed": args.seed}
+    if args.averager:
+        cfg["classaverager"] = args.averager
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     t0 = time.time()
     subprocess.run([BIN / "snakemake", "-s", args.snakefile, "--workflow-profile", "none",
@@ -78,6 +84,11 @@ def main() -> int:
         except (ValueError, IndexError):
             continue
         print(f"{it:02d}         {ve:10.1f} {rnd:8.1f}")
+    if not args.phantom:
+        out = subprocess.run([BIN / "r2d", "evaluate", str(wd / "run"), str(wd / "data" / "truth.tsv"),
+                              "--map", str(MAP), "--apix", "5", "--threads", str(args.cores)],
+                             capture_output=True, text=True, env=env).stdout
+        print("\n" + out.strip().splitlines()[-1] if out.strip() else "")
     return 0
 
 

@@ -135,3 +135,24 @@ def test_cli_evaluate_errors(tmp_path, capsys):
     (tmp_path / "bad.tsv").write_text("a\tb\n1\t2\n")
     assert cli(["evaluate", str(run), str(tmp_path / "bad.tsv"), "--iteration", "1"]) == 2
     assert "missing column" in capsys.readouterr().err
+
+
+def test_average_resolution_finds_the_matching_projection_and_orders_noise(ribosome_projections):
+    """An average that is a rotated, shifted, mirrored projection is matched to that projection
+    (out of 40) and scores Nyquist when clean; more noise gives a coarser FRC-0.5 resolution."""
+    from r2d import transforms as tf
+
+    proj, _ = ribosome_projections
+    rng = np.random.default_rng(5)
+    pick = np.array([3, 17, 29])
+    moved = tf.transform(proj[pick], 40.0, 2.0, -1.0, 1.0)
+    sigma = proj.std()
+    levels = [0.0, 0.5, 2.0]
+    avgs = np.stack([moved[i] + rng.normal(0, s * sigma, moved[i].shape) for i, s in enumerate(levels)])
+    res, best = ev.average_resolution(avgs.astype(np.float32), proj, 5.0)
+    np.testing.assert_array_equal(best, pick)
+    assert res[0] <= 2 * 5.0 * 1.25            # clean copy: at or near Nyquist (10 Å)
+    assert res[0] < res[1] < res[2]
+    # an empty (all-zero) average has no resolution
+    res0, _ = ev.average_resolution(np.zeros((1, 64, 64), np.float32), proj, 5.0)
+    assert np.isnan(res0[0])

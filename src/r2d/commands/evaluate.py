@@ -6,6 +6,12 @@ Reads ``RUNDIR/classmx_YY.h5`` (default: the highest ``YY`` present; datasets ``
 its class medoid's, ``d`` and ``-d`` equal; see ``r2d.evaluate``), the same figure for a random
 assignment with the same class sizes, and the number of classes. Junk particles (no view) and
 excluded ones are not scored. ``--json FILE`` also writes these numbers.
+
+With ``--map MAP.mrc`` it also scores the class averages of that iteration
+(``classes_YY.hdf``; ``classes_init.hdf`` for iteration 0): the mean and median FRC-0.5
+resolution in Å of each average against its best-matching noise-free projection of the map
+(projected at the truth table's views, without shift or CTF; see
+``r2d.evaluate.average_resolution``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="iteration to score (default: the highest present)")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the scores as JSON")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random assignment (default 0)")
+    parser.add_argument("--map", metavar="MAP.mrc", default=None,
+                        help="also score the class averages against noise-free projections of this map")
+    parser.add_argument("--apix", type=float, default=None, help="pixel size of the map when its header has none")
+    parser.add_argument("--threads", type=int, default=1)
 
 
 def find_classmx(rundir: Path, iteration: int | None) -> tuple[Path, int]:
@@ -110,13 +120,42 @@ def main(args: argparse.Namespace) -> int:
         "n_scored": int(scored.sum()),
         "n_excluded": int((labels < 0).sum()),
     }
+    if args.map:
+        result.update(_average_scores(path.parent, iteration, truth, args))
     print(f"{path.name}: view error {result['view_error_deg']:.2f} deg "
           f"(random assignment {result['random_view_error_deg']:.2f} deg), "
           f"{result['n_classes']} classes, {result['n_scored']} of {result['n_particles']} "
           f"particles scored ({result['n_excluded']} excluded)")
+    if args.map:
+        print(f"class averages: FRC-0.5 resolution against the best-matching noise-free projection "
+              f"mean {result['average_frc05_mean_A']:.1f} Å, median {result['average_frc05_median_A']:.1f} Å "
+              f"({result['n_averages']} non-empty averages)")
     if args.json:
         with atomic_write(args.json) as tmp:
             clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
                      for k, v in result.items()}  # NaN is not JSON
             tmp.write_text(json.dumps(clean, indent=2) + "\n")
     return 0
+
+
+def _average_scores(rundir: Path, iteration: int, truth: pd.DataFrame, args) -> dict:
+    """Mean/median FRC-0.5 resolution of the iteration's class averages (see module docstring)."""
+    from r2d.commands.simulate import read_map
+    from r2d.evaluate import average_resolution
+    from r2d.io import read_image_headers, read_image_stack
+    from r2d.simulate import render
+
+    stack = rundir / ("classes_init.hdf" if iteration == 0 else f"classes_{iteration:02d}.hdf")
+    if not stack.is_file():
+        raise InputError(f"{stack}: class averages not found; has iteration {iteration} finished?")
+    avg = np.asarray(read_image_stack(stack), dtype=np.float32)
+    apix_avg = read_image_headers(stack)[0].get("apix_x") if len(avg) else None
+    vol, apix = read_map(args.map, args.apix)
+    views = truth[~truth["junk"].astype(bool)].copy() if "junk" in truth else truth.copy()
+    views[["shift_x", "shift_y"]] = 0.0
+    proj = render(vol, views.reset_index(), avg.shape[-1], apix, ctf=None)
+    res, _ = average_resolution(avg, proj, float(apix_avg or apix), workers=args.threads)
+    ok = np.isfinite(res)
+    return {"average_frc05_mean_A": float(np.mean(res[ok])) if ok.any() else float("nan"),
+            "average_frc05_median_A": float(np.median(res[ok])) if ok.any() else float("nan"),
+            "n_averages": int(ok.sum())}
