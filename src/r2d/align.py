@@ -80,16 +80,17 @@ def shift_grid(maxshift: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _polar_matrix(n: int, L: int, shifts_key: bytes, mirror: bool) -> sp.csr_matrix:
-    """Sparse bilinear matrix ``(S·R·L, n²)`` sampling image ``(M^m)(p + s)`` at polar points ``p``."""
-    shifts = np.frombuffer(shifts_key, dtype=np.float64).reshape(-1, 2)
+def polar_matrix(n: int, L: int, mirror: bool = False) -> sp.csr_matrix:
+    """Sparse bilinear matrix ``(R·L, n²)`` sampling an image at polar points ``M^m p``.
+
+    ``p = c + r(cos θ, sin θ)``, ``c = (n/2, n/2)``, rings ``r = 1 … n/2-1``, ``θ = 2πl/L``;
+    the mirror ``M`` negates x about the centre. Cached per ``(n, L, mirror)``.
+    """
     c = n // 2
     radii = np.arange(1, n // 2, dtype=np.float64)
     theta = 2 * np.pi * np.arange(L) / L
-    u = radii[:, None] * np.cos(theta)[None, :]
-    v = radii[:, None] * np.sin(theta)[None, :]
-    x = shifts[:, 0, None, None] + u[None]
-    y = shifts[:, 1, None, None] + v[None]
+    x = radii[:, None] * np.cos(theta)[None, :]
+    y = radii[:, None] * np.sin(theta)[None, :]
     if mirror:
         x = -x
     x = (x + c).ravel()
@@ -106,15 +107,24 @@ def _polar_matrix(n: int, L: int, shifts_key: bytes, mirror: bool) -> sp.csr_mat
         ri.append(rows[ok])
         ci.append((yy * n + xx)[ok])
         wi.append(w[ok])
-    mat = sp.csr_matrix(
+    return sp.csr_matrix(
         (np.concatenate(wi), (np.concatenate(ri), np.concatenate(ci))), shape=(x.size, n * n), dtype=np.float32
     )
-    return mat
 
 
-def polar_matrix(n: int, L: int, shifts: np.ndarray, mirror: bool = False) -> sp.csr_matrix:
-    """Cached sparse polar resampling matrix, see :func:`_polar_matrix`."""
-    return _polar_matrix(n, L, np.ascontiguousarray(shifts, dtype=np.float64).tobytes(), bool(mirror))
+def shifted_windows(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """``(N, S, n, n)`` copies ``out[i, k](q) = images[i](q + s_k)`` for integer shifts ``(S, 2)``
+    as ``(sx, sy)``, zero outside the image (no wrap-around)."""
+    images = np.asarray(images, dtype=np.float32)
+    N, n, _ = images.shape
+    s = np.rint(np.asarray(shifts, dtype=np.float64)).astype(np.int64).reshape(-1, 2)
+    p = int(np.abs(s).max(initial=0))
+    if p == 0:
+        return np.repeat(images[:, None], len(s), axis=1)
+    padded = np.zeros((N, n + 2 * p, n + 2 * p), dtype=np.float32)
+    padded[:, p:p + n, p:p + n] = images
+    win = np.lib.stride_tricks.sliding_window_view(padded, (n, n), axis=(1, 2))  # (N, 2p+1, 2p+1, n, n)
+    return win[:, p + s[:, 1], p + s[:, 0]]
 
 
 def _ring_weights(n: int) -> np.ndarray:
@@ -134,18 +144,23 @@ def polar_ft(images: np.ndarray, L: int, shifts=None, mirror: bool = False, work
     """
     images = np.asarray(images, dtype=np.float32)
     N, n, _ = images.shape
-    shifts = np.zeros((1, 2)) if shifts is None else np.asarray(shifts, dtype=np.float64)
+    shifts = np.zeros((1, 2)) if shifts is None else np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    if not np.array_equal(shifts, np.rint(shifts)):
+        raise ValueError("polar_ft: shifts must be whole pixels")
     S = len(shifts)
     R = n // 2 - 1
     K = L // 2 + 1 if band is None else int(band)
-    M = polar_matrix(n, L, shifts, mirror)
+    M = polar_matrix(n, L, bool(mirror))
+    # the image at M(p + s) is the window q ↦ image(q + Ms) at M p
+    ms = shifts * ([-1.0, 1.0] if mirror else [1.0, 1.0])
     w = _ring_weights(n).astype(np.float32)
     w2 = w**2
     out = np.empty((N, S, R, K), dtype=np.complex64)
     sub = max(1, 128 // S)
     for lo in range(0, N, sub):
         hi = min(N, lo + sub)
-        pol = (M @ images[lo:hi].reshape(hi - lo, n * n).T).T.reshape(hi - lo, S, R, L)
+        block = images[lo:hi] if S == 1 and not shifts.any() else shifted_windows(images[lo:hi], ms)
+        pol = (M @ block.reshape(-1, n * n).T).T.reshape(hi - lo, S, R, L)
         ft = sfft.rfft(pol, axis=3, workers=workers)                          # complex64
         # mean removal and normalisation in Fourier space: the k = 0 term holds the ring sums
         wmean = (ft[..., 0].real / L * w2).sum(2) / w2.sum()                    # (b, S)
@@ -212,6 +227,43 @@ def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs, pair_mirror, worke
     return sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
 
 
+def _shift_neighbours(shifts: np.ndarray) -> np.ndarray:
+    """``(S, 4)`` index of each grid shift's neighbours at (-x, +x, -y, +y), or -1."""
+    look = {tuple(v): i for i, v in enumerate(shifts)}
+    return np.array([[look.get((sx + dx, sy + dy), -1) for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+                     for sx, sy in shifts], dtype=np.int64).reshape(len(shifts), 4)
+
+
+def _peaks(C: np.ndarray, shifts: np.ndarray, nbr: np.ndarray, rotate: bool):
+    """Best (angle, shift, mirror) of correlations ``C`` ``(Lo, b, J, nm, S)`` on a shift grid.
+
+    Returns ``alpha (deg), sx, sy, mirror index, corr``, each ``(b, J)``: the grid maximum,
+    refined by parabolas through its angular neighbours and, per axis, through the
+    angle-maximised correlation of its grid neighbours (``nbr`` from :func:`_shift_neighbours`).
+    """
+    Lo, b, J, nmc, S = C.shape
+    cmax = C.max(axis=0)                                                       # (b, J, nmc, S)
+    k = cmax.reshape(b, J, nmc * S).argmax(axis=2)
+    im, isf = np.divmod(k, S)
+    bi, ji = np.meshgrid(np.arange(b), np.arange(J), indexing="ij")
+    cbest = cmax[bi, ji, im, isf]
+    if rotate and Lo > 2:
+        it = C[:, bi, ji, im, isf].argmax(axis=0)                               # (b, J)
+        cm = C[(it - 1) % Lo, bi, ji, im, isf]
+        cp = C[(it + 1) % Lo, bi, ji, im, isf]
+        tau = it + _parabolic(cm, cbest, cp)
+    else:
+        tau = np.zeros((b, J))
+    offs = []
+    for a, c in ((0, 1), (2, 3)):
+        ia, ic = nbr[isf, a], nbr[isf, c]
+        ok = (ia >= 0) & (ic >= 0)
+        off = _parabolic(cmax[bi, ji, im, np.maximum(ia, 0)], cbest, cmax[bi, ji, im, np.maximum(ic, 0)])
+        offs.append(np.where(ok, off, 0.0))
+    alpha = tf._wrap(tau * 360.0 / Lo) if rotate else np.zeros_like(tau)
+    return alpha, shifts[isf, 0] + offs[0], shifts[isf, 1] + offs[1], im, cbest
+
+
 def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, pair_mirror=None, rotate=True, workers=1):
     """One level of the exhaustive search on a fixed shift grid.
 
@@ -228,46 +280,64 @@ def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, pair_mirror=No
     Lo = _out_len(L, K) if rotate else 1
     nmc = nm if pair_mirror is None else 1
     per = (Rn if pairs is None else 1) * nmc * S * (Lo + 3 * K)
-    batch = int(max(1, min(N, 8e7 // max(per, 1))))
+    batch = int(max(1, min(N, 5e6 // max(per, 1))))  # small blocks stay in cache (measured)
     out_shape = (N, Rn) if pairs is None else (N,)
     res = {k: np.zeros(out_shape) for k in ("alpha", "tx", "ty", "mirror", "corr")}
-    # grid neighbours of every shift (index, or -1) for the sub-pixel parabola
-    look = {tuple(v): i for i, v in enumerate(shifts)}
-    nbr = np.array([[look.get((sx + dx, sy + dy), -1) for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1))]
-                    for sx, sy in shifts], dtype=np.int64).reshape(S, 4)
+    nbr = _shift_neighbours(shifts)
     for lo in range(0, N, batch):
         hi = min(N, lo + batch)
-        b = hi - lo
         Pp = polar_ft(particles[lo:hi], L, None, False, workers, band=K)[:, 0]
         C = _correlate(Pp, Q, Lo, None if pairs is None else pairs[lo:hi],
                        None if pair_mirror is None else pair_mirror[lo:hi], workers)  # (Lo, b, J, nmc, S)
-        J = C.shape[2]
-        cmax = C.max(axis=0)                                                   # (b, J, nmc, S)
-        k = cmax.reshape(b, J, nmc * S).argmax(axis=2)
-        im, isf = np.divmod(k, S)
-        bi, ji = np.meshgrid(np.arange(b), np.arange(J), indexing="ij")
-        cbest = cmax[bi, ji, im, isf]
-        if rotate and Lo > 2:
-            it = C[:, bi, ji, im, isf].argmax(axis=0)                           # (b, J)
-            cm = C[(it - 1) % Lo, bi, ji, im, isf]
-            cp = C[(it + 1) % Lo, bi, ji, im, isf]
-            tau = it + _parabolic(cm, cbest, cp)
-        else:
-            tau = np.zeros((b, J))
-        # sub-pixel shift: parabola through the angle-maximised correlation of grid neighbours
-        offs = []
-        for a, c in ((0, 1), (2, 3)):
-            ia, ic = nbr[isf, a], nbr[isf, c]
-            ok = (ia >= 0) & (ic >= 0)
-            off = _parabolic(cmax[bi, ji, im, np.maximum(ia, 0)], cbest, cmax[bi, ji, im, np.maximum(ic, 0)])
-            offs.append(np.where(ok, off, 0.0))
-        alpha = tf._wrap(tau * 360.0 / Lo) if rotate else np.zeros_like(tau)
+        alpha, sx, sy, im, cbest = _peaks(C, shifts, nbr, rotate)
         mbase = 0 if pair_mirror is None else np.asarray(pair_mirror[lo:hi], dtype=np.int64)[:, None]
-        vals = {"alpha": alpha, "tx": shifts[isf, 0] + offs[0], "ty": shifts[isf, 1] + offs[1],
-                "mirror": (im + mbase).astype(np.float64), "corr": cbest}
+        vals = {"alpha": alpha, "tx": sx, "ty": sy, "mirror": (im + mbase).astype(np.float64), "corr": cbest}
         for key, v in vals.items():
             res[key][lo:hi] = v if pairs is None else v[:, 0]
     return res["alpha"], res["tx"], res["ty"], res["mirror"], res["corr"]
+
+
+def _fine_by_reference_shifts(particles, refs, pi, ri, mi, centre, L, grid, K, rotate, workers):
+    """Fine level with the references shifted instead of the particles.
+
+    Pair ``p`` (particle ``pi[p]``, reference ``ri[p]``, mirror ``mi[p]``) is searched over
+    all angles and the integer shifts ``centre[p] + grid``. Each particle is resampled once;
+    each reference-mirror once at the union of the shifts its pairs need; pairs that share
+    reference, mirror and centre share one matrix product (a loop over such groups, never
+    over particles). Returns ``alpha, tx, ty, corr`` per pair.
+    """
+    n = particles.shape[-1]
+    Lo = _out_len(L, K) if rotate else 1
+    P = polar_ft(particles, L, None, False, workers, band=K)[:, 0]               # (N, R, K)
+    P = np.ascontiguousarray(P.transpose(2, 0, 1))                               # (K, N, R)
+    R = P.shape[-1]
+    S = len(grid)
+    nbr = _shift_neighbours(grid)
+    out = [np.empty(len(pi)) for _ in range(4)]
+    key = (ri.astype(np.int64) * 2 + mi.astype(np.int64))
+    for kj in np.unique(key):
+        sel = np.flatnonzero(key == kj)
+        j, m = divmod(int(kj), 2)
+        cen, inv = np.unique(centre[sel], axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        need = (cen[:, None, :] + grid[None, :, :]).reshape(-1, 2)
+        uniq, where = np.unique(need, axis=0, return_inverse=True)
+        where = where.reshape(len(cen), S)
+        q = np.conj(polar_ft(refs[j:j + 1], L, uniq, bool(m), workers, band=K)[0])   # (U, R, K)
+        q = np.ascontiguousarray(q.transpose(2, 1, 0))                            # (K, R, U)
+        for lo in range(0, len(sel), 4096):
+            s_ = sel[lo:lo + 4096]
+            c_ = inv[lo:lo + 4096]
+            X = np.empty((K, len(s_), S), dtype=np.complex64)
+            for c in np.unique(c_):          # pairs with one centre share the shifted references
+                g = np.flatnonzero(c_ == c)
+                X[:, g] = np.matmul(P[:, pi[s_[g]]], q[:, :, where[c]])
+            C = sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
+            alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
+            base = cen[c_].astype(np.float64)
+            for o, v in zip(out, (alpha[:, 0], base[:, 0] + sx[:, 0], base[:, 1] + sy[:, 0], cbest[:, 0])):
+                o[s_] = v
+    return tuple(out)
 
 
 def coarse_factor(n: int, maxshift: float) -> int:
@@ -353,25 +423,39 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     else:
         pi, ri = np.arange(N), np.asarray(pairs)
     a0, x0, y0, m0 = (v.reshape(-1) if keep is None else v.reshape(-1)[keep] for v in (a0, x0, y0, m0))
-    # pre-shift by d = R_a0^-1 t0 so that the remaining translation is small: t = δ + R_a d
-    ar = np.deg2rad(a0)
-    dx = np.cos(ar) * x0 - np.sin(ar) * y0
-    dy = np.sin(ar) * x0 + np.cos(ar) * y0
     L = n_angles(n) if rotate else 1
     fs = shift_grid(f / 2 + 1)
     rft = _ref_ft(refs, L, fs, mirrors, workers)
     out = [np.empty(pi.size) for _ in range(5)]
-    chunk = 2048
-    for lo in range(0, pi.size, chunk):
-        hi = min(pi.size, lo + chunk)
-        moved = tf.fourier_shift(particles[pi[lo:hi]], dx[lo:hi], dy[lo:hi], workers=workers)
-        a, dxs, dys, mm, c = _grid_search(moved, rft, L, fs, nm, pairs=ri[lo:hi], pair_mirror=m0[lo:hi],
-                                          rotate=rotate, workers=workers)
-        r = np.deg2rad(a)
-        tx = dxs + np.cos(r) * dx[lo:hi] + np.sin(r) * dy[lo:hi]
-        ty = dys - np.sin(r) * dx[lo:hi] + np.cos(r) * dy[lo:hi]
-        for o, v in zip(out, (a, tx, ty, mm, c)):
-            o[lo:hi] = v
+    # Two ways to centre the fine search on the coarse answer; both resample one image per
+    # unit of work, so take the one with fewer: shift each reference to every shift its
+    # pairs need (at most the whole disc |s| ≤ maxshift + f/2 + 2 per reference and
+    # mirror), or shift each pair's particle.
+    centre = np.rint(np.column_stack([x0, y0])).astype(np.int64)
+    grid = shift_grid(f / 2 + 1.5)  # the rounded centre is up to 0.71 px off the coarse answer
+    jm = ri.astype(np.int64) * 2 + m0.astype(np.int64)
+    groups = len(np.unique(np.column_stack([jm, centre]), axis=0))
+    disc = len(shift_grid(maxshift + f / 2 + 2))
+    if min(groups * len(grid), len(np.unique(jm)) * disc) + N < pi.size:
+        a, tx, ty, c = _fine_by_reference_shifts(particles, refs, pi, ri, m0, centre, L, grid,
+                                                 rft.shape[-1], rotate, workers)
+        out = [a, tx, ty, m0.astype(np.float64), c]
+    else:
+        # pre-shift by d = R_a0^-1 t0 so that the remaining translation is small: t = δ + R_a d
+        ar = np.deg2rad(a0)
+        dx = np.cos(ar) * x0 - np.sin(ar) * y0
+        dy = np.sin(ar) * x0 + np.cos(ar) * y0
+        chunk = 2048
+        for lo in range(0, pi.size, chunk):
+            hi = min(pi.size, lo + chunk)
+            moved = tf.fourier_shift(particles[pi[lo:hi]], dx[lo:hi], dy[lo:hi], workers=workers)
+            a, dxs, dys, mm, c = _grid_search(moved, rft, L, fs, nm, pairs=ri[lo:hi], pair_mirror=m0[lo:hi],
+                                              rotate=rotate, workers=workers)
+            r = np.deg2rad(a)
+            tx = dxs + np.cos(r) * dx[lo:hi] + np.sin(r) * dy[lo:hi]
+            ty = dys - np.sin(r) * dx[lo:hi] + np.cos(r) * dy[lo:hi]
+            for o, v in zip(out, (a, tx, ty, mm, c)):
+                o[lo:hi] = v
     shape = (N, len(refs)) if pairs is None else (N,)
     if keep is not None:  # pruned pairs: zero transform, correlation -inf (score +inf)
         full = [np.zeros(N * len(refs)) for _ in range(4)] + [np.full(N * len(refs), -np.inf)]
