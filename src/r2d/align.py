@@ -348,9 +348,22 @@ def coarse_factor(n: int, maxshift: float) -> int:
     return f
 
 
-def _ref_ft(refs, L, shifts, mirrors, workers):
+def coarse_band(L: int) -> int | None:
+    """Angular frequencies the coarse level keeps: ``k ≤ L/8`` when ``L ≥ 128`` (coarse box ≥ 32 px).
+
+    The coarse level only has to land in the right shift and mirror basin; the fine level
+    searches all angles again at full band. Measured at 64 px (coarse 32 px, SNR 1 and 0.1,
+    2000 particles x 5 references): identical accuracy with 17 of 57 frequencies and about
+    1.5x the speed. Smaller coarse boxes (16 px, the tree aligner's default at 64 px) lost
+    accuracy when truncated, so they keep their whole band.
+    """
+    return L // 8 + 1 if L >= 128 else None
+
+
+def _ref_ft(refs, L, shifts, mirrors, workers, cap=None):
     ft = np.concatenate([polar_ft(refs, L, shifts, m, workers) for m in mirrors], axis=0)
-    return ft[..., :angular_band(ft)]
+    K = angular_band(ft)
+    return ft[..., :K if cap is None else min(K, cap)]
 
 
 def angular_band(ref_ft: np.ndarray, tol: float = 1e-4) -> int:
@@ -405,7 +418,7 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     cr = tf.fourier_crop(refs, m, workers=workers)
     Lc = n_angles(m) if rotate else 1
     cs = shift_grid(maxshift / f)
-    a0, x0, y0, m0, c0 = _grid_search(cp, _ref_ft(cr, Lc, cs, mirrors, workers), Lc, cs, nm,
+    a0, x0, y0, m0, c0 = _grid_search(cp, _ref_ft(cr, Lc, cs, mirrors, workers, cap=coarse_band(Lc)), Lc, cs, nm,
                                      pairs=pairs, rotate=rotate, workers=workers)
     x0, y0 = x0 * f, y0 * f
     # fine level: one (particle, reference, mirror) pair per coarse answer
