@@ -6,8 +6,9 @@ absent), scaled to 64, 96 and 128 px; particles are known rotations, shifts (|t|
 64 px) and mirrors of them plus white noise at SNR 1 and 0.1 (whole-box signal variance
 over noise variance).
 
-* speed: every particle against 5 references (all versus all), ``maxshift=8``, on
-  ``--threads`` threads: particle-reference alignments per second, for every aligner;
+* speed: every particle against 5 and 20 references (all versus all), ``maxshift=8``, on
+  ``--threads`` threads: particle-reference alignments per second, for every aligner, and
+  the peak of memory allocated during the call (``tracemalloc``, which sees numpy's buffers);
 * accuracy: each particle against its own noise-free reference, the fraction within
   2° / 0.5 px (SNR 1) and 10° / 1.5 px (SNR 0.1) with the right mirror.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -83,29 +85,39 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--boxes", type=int, nargs="+", default=[64, 96, 128])
     ap.add_argument("--aligners", nargs="+", default=ALIGNERS)
+    ap.add_argument("--refs", type=int, nargs="+", default=[5, 20], help="reference counts of the speed test")
     args = ap.parse_args()
     if not MAP.exists():
         print(f"skipped: {MAP} not found (../shared absent)")
         return 0
     rng = np.random.default_rng(0)
-    print(f"{'box':>4} {'aligner':40} {'align/s':>9} {'SNR1 2°/0.5px':>14} {'SNR0.1 10°/1.5px':>17}")
+    print(f"{'box':>4} {'refs':>4} {'aligner':40} {'align/s':>9} {'peak MB':>8} {'SNR1 2°/0.5px':>14} "
+          f"{'SNR0.1 10°/1.5px':>17}")
     for n in args.boxes:
-        refs5 = projections(n, 5, seed=11)
         trial_refs = projections(n, args.trials, seed=12)
         npart = max(200, int(args.n * (64 / n) ** 2))
-        parts, _ = particles(refs5[rng.integers(0, 5, npart)], 0.1, rng, 3 * n / 64)
-        for aligner in args.aligners:
-            first, ref = split(aligner)
-            t0 = time.perf_counter()
-            try:
-                align(parts, refs5, first, "ccc", ralign=ref, raligncmp="ccc", workers=args.threads)
-            except Exception as exc:  # an aligner this version cannot run: say so, go on
-                print(f"{n:>4} {aligner:40} {'-':>9}  ({exc})")
-                continue
-            speed = npart * 5 / (time.perf_counter() - t0)
-            acc1, _ = accuracy(aligner, trial_refs, 1.0, rng, 3 * n / 64, args.threads)
-            _, acc01 = accuracy(aligner, trial_refs, 0.1, rng, 3 * n / 64, args.threads)
-            print(f"{n:>4} {aligner:40} {speed:9.0f} {acc1:14.3f} {acc01:17.3f}", flush=True)
+        for nref in args.refs:
+            refs = projections(n, nref, seed=11)
+            parts, _ = particles(refs[rng.integers(0, nref, npart)], 0.1, rng, 3 * n / 64)
+            for aligner in args.aligners:
+                first, ref = split(aligner)
+                tracemalloc.start()
+                t0 = time.perf_counter()
+                try:
+                    align(parts, refs, first, "ccc", ralign=ref, raligncmp="ccc", workers=args.threads)
+                except Exception as exc:  # an aligner this version cannot run: say so, go on
+                    tracemalloc.stop()
+                    print(f"{n:>4} {nref:>4} {aligner:40} {'-':>9}  ({exc})")
+                    continue
+                speed = npart * nref / (time.perf_counter() - t0)
+                peak = tracemalloc.get_traced_memory()[1] / 2**20
+                tracemalloc.stop()
+                acc = ""
+                if nref == args.refs[0]:  # accuracy does not depend on the reference count
+                    acc1, _ = accuracy(aligner, trial_refs, 1.0, rng, 3 * n / 64, args.threads)
+                    _, acc01 = accuracy(aligner, trial_refs, 0.1, rng, 3 * n / 64, args.threads)
+                    acc = f"{acc1:14.3f} {acc01:17.3f}"
+                print(f"{n:>4} {nref:>4} {aligner:40} {speed:9.0f} {peak:8.0f} {acc}", flush=True)
     return 0
 
 

@@ -200,14 +200,13 @@ def _ref_layout(ref_ft: np.ndarray, nm: int) -> np.ndarray:
     return np.ascontiguousarray(q.transpose(1, 4, 3, 0, 2))
 
 
-def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs, pair_mirror, workers: int) -> np.ndarray:
+def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs, workers: int) -> np.ndarray:
     """Angular correlation of particles with shifted references, as one product per frequency.
 
     ``Pp``: ``(b, R, K)`` particle polar FTs; ``Q``: ``(J, K, R, nm, S)`` from :func:`_ref_layout`.
-    Returns ``C`` float32 ``(Lo, b, J', nm', S)``: all versus all (``J' = J``, ``nm' = nm``), or
-    particle i with reference ``pairs[i]`` (``J' = 1``), and only mirror ``pair_mirror[i]``
-    (``nm' = 1``) when that is given. ``C[τ]`` is the correlation with the particle rotated by
-    ``τ·360/Lo`` degrees: Σ_θ p(θ+τ)·q(θ) over rings.
+    Returns ``C`` float32 ``(Lo, b, J', nm, S)``: all versus all (``J' = J``) or particle i
+    with reference ``pairs[i]`` (``J' = 1``). ``C[τ]`` is the correlation with the particle
+    rotated by ``τ·360/Lo`` degrees: Σ_θ p(θ+τ)·q(θ) over rings.
     """
     b, R, K = Pp.shape
     J, _, _, nm, S = Q.shape
@@ -216,14 +215,11 @@ def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs, pair_mirror, worke
         Qm = Q.transpose(1, 2, 0, 3, 4).reshape(K, R, J * nm * S)          # (K, R, J·nm·S)
         X = np.matmul(P, Qm).reshape(K, b, J, nm, S)
     else:
-        nmc = nm if pair_mirror is None else 1
-        X = np.empty((K, b, 1, nmc, S), dtype=np.complex64)
-        key = np.asarray(pairs) * nm + (0 if pair_mirror is None else np.asarray(pair_mirror, dtype=np.int64))
-        for kj in np.unique(key):  # loop over references (classes), not particles
-            sel = np.flatnonzero(key == kj)
-            j, m = divmod(int(kj), nm)
-            q = Q[j] if pair_mirror is None else Q[j, :, :, m:m + 1]         # (K, R, nmc, S)
-            X[:, sel] = np.matmul(P[:, sel], q.reshape(K, R, nmc * S)).reshape(K, len(sel), 1, nmc, S)
+        X = np.empty((K, b, 1, nm, S), dtype=np.complex64)
+        pairs = np.asarray(pairs)
+        for j in np.unique(pairs):  # loop over references (classes), not particles
+            sel = np.flatnonzero(pairs == j)
+            X[:, sel] = np.matmul(P[:, sel], Q[j].reshape(K, R, nm * S)).reshape(K, len(sel), 1, nm, S)
     return sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
 
 
@@ -264,13 +260,13 @@ def _peaks(C: np.ndarray, shifts: np.ndarray, nbr: np.ndarray, rotate: bool):
     return alpha, shifts[isf, 0] + offs[0], shifts[isf, 1] + offs[1], im, cbest
 
 
-def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, pair_mirror=None, rotate=True, workers=1):
+def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, rotate=True, workers=1):
     """One level of the exhaustive search on a fixed shift grid.
 
     ``ref_ft``: ``(nm·Rn, S, R, K)`` polar FTs of the references (mirror-major), ``L`` the
     polar angular sampling. All versus all when ``pairs`` is None (outputs ``(N, Rn)``);
-    otherwise particle i against reference ``pairs[i]`` (``(N,)``), restricted to mirror
-    ``pair_mirror[i]`` when that is given. Returns ``alpha, sx, sy, mirror, corr``.
+    otherwise particle i against reference ``pairs[i]`` (``(N,)``). Returns
+    ``alpha, sx, sy, mirror, corr``.
     """
     N = len(particles)
     S = len(shifts)
@@ -278,8 +274,7 @@ def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, pair_mirror=No
     K = ref_ft.shape[-1]
     Q = _ref_layout(ref_ft, nm)
     Lo = _out_len(L, K) if rotate else 1
-    nmc = nm if pair_mirror is None else 1
-    per = (Rn if pairs is None else 1) * nmc * S * (Lo + 3 * K)
+    per = (Rn if pairs is None else 1) * nm * S * (Lo + 3 * K)
     batch = int(max(1, min(N, 5e6 // max(per, 1))))  # small blocks stay in cache (measured)
     out_shape = (N, Rn) if pairs is None else (N,)
     res = {k: np.zeros(out_shape) for k in ("alpha", "tx", "ty", "mirror", "corr")}
@@ -287,14 +282,49 @@ def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, pair_mirror=No
     for lo in range(0, N, batch):
         hi = min(N, lo + batch)
         Pp = polar_ft(particles[lo:hi], L, None, False, workers, band=K)[:, 0]
-        C = _correlate(Pp, Q, Lo, None if pairs is None else pairs[lo:hi],
-                       None if pair_mirror is None else pair_mirror[lo:hi], workers)  # (Lo, b, J, nmc, S)
+        C = _correlate(Pp, Q, Lo, None if pairs is None else pairs[lo:hi], workers)  # (Lo, b, J, nm, S)
         alpha, sx, sy, im, cbest = _peaks(C, shifts, nbr, rotate)
-        mbase = 0 if pair_mirror is None else np.asarray(pair_mirror[lo:hi], dtype=np.int64)[:, None]
-        vals = {"alpha": alpha, "tx": sx, "ty": sy, "mirror": (im + mbase).astype(np.float64), "corr": cbest}
+        vals = {"alpha": alpha, "tx": sx, "ty": sy, "mirror": im.astype(np.float64), "corr": cbest}
         for key, v in vals.items():
             res[key][lo:hi] = v if pairs is None else v[:, 0]
     return res["alpha"], res["tx"], res["ty"], res["mirror"], res["corr"]
+
+
+def _fine_by_particle_shifts(particles, refs, pi, ri, mi, a0, x0, y0, L, grid, K, rotate, workers):
+    """Fine level with each pair's particle pre-shifted by its coarse answer.
+
+    Pair ``p`` (particle ``pi[p]``, reference ``ri[p]``, mirror ``mi[p]``, coarse answer
+    ``a0, x0, y0``): the particle is Fourier-shifted by ``d = R_a0⁻¹ t0`` so that only a small
+    residual ``δ`` on ``grid`` remains, and searched over all angles; ``t = δ + R_a d``. One
+    reference and mirror at a time (memory: one reference's polar table on ``grid``).
+    Returns ``alpha, tx, ty, corr`` per pair.
+    """
+    ar = np.deg2rad(a0)
+    dx = np.cos(ar) * x0 - np.sin(ar) * y0
+    dy = np.sin(ar) * x0 + np.cos(ar) * y0
+    Lo = _out_len(L, K) if rotate else 1
+    S = len(grid)
+    nbr = _shift_neighbours(grid)
+    batch = int(max(1, 5e6 // (S * (Lo + 3 * K))))
+    out = [np.empty(len(pi)) for _ in range(4)]
+    key = ri.astype(np.int64) * 2 + mi.astype(np.int64)
+    for kj in np.unique(key):
+        sel = np.flatnonzero(key == kj)
+        j, m = divmod(int(kj), 2)
+        q = np.conj(polar_ft(refs[j:j + 1], L, grid, bool(m), workers, band=K)[0])   # (S, R, K)
+        q = np.ascontiguousarray(q.transpose(2, 1, 0))                            # (K, R, S)
+        for lo in range(0, len(sel), batch):
+            s_ = sel[lo:lo + batch]
+            moved = tf.fourier_shift(particles[pi[s_]], dx[s_], dy[s_], workers=workers)
+            P = np.ascontiguousarray(polar_ft(moved, L, None, False, workers, band=K)[:, 0].transpose(2, 0, 1))
+            C = sfft.irfft(np.matmul(P, q), n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
+            alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
+            a, r = alpha[:, 0], np.deg2rad(alpha[:, 0])
+            tx = sx[:, 0] + np.cos(r) * dx[s_] + np.sin(r) * dy[s_]
+            ty = sy[:, 0] - np.sin(r) * dx[s_] + np.cos(r) * dy[s_]
+            for o, v in zip(out, (a, tx, ty, cbest[:, 0])):
+                o[s_] = v
+    return tuple(out)
 
 
 def _fine_by_reference_shifts(particles, refs, pi, ri, mi, centre, L, grid, K, rotate, workers):
@@ -373,10 +403,28 @@ def angular_band(ref_ft: np.ndarray, tol: float = 1e-4) -> int:
     other frequencies multiply zero), so truncating there changes a correlation by at most
     ``√tol`` relative. Depends on the references only, so every chunk of a run truncates alike.
     """
-    power = (np.abs(ref_ft.reshape(-1, ref_ft.shape[-1])) ** 2).sum(axis=0, dtype=np.float64)
+    return _band_from_power(_power(ref_ft), ref_ft.shape[-1], tol)
+
+
+def _power(ref_ft: np.ndarray) -> np.ndarray:
+    return (np.abs(ref_ft.reshape(-1, ref_ft.shape[-1])) ** 2).sum(axis=0, dtype=np.float64)
+
+
+def _band_from_power(power: np.ndarray, K: int, tol: float = 1e-4) -> int:
+    power = power.copy()
     power[1:] *= 2  # rfft: every k > 0 stands for ±k
     cum = np.cumsum(power) / max(power.sum(), 1e-300)
-    return int(min(ref_ft.shape[-1], np.searchsorted(cum, 1.0 - tol) + 2))
+    return int(min(K, np.searchsorted(cum, 1.0 - tol) + 2))
+
+
+def _band(refs, L, shifts, mirrors, workers) -> int:
+    """:func:`angular_band` of the references' polar FTs at ``shifts``, one reference at a time
+    (the whole table at 128 px and 64 classes would not fit in memory)."""
+    power = np.zeros(L // 2 + 1)
+    for j in range(len(refs)):
+        for m in mirrors:
+            power += _power(polar_ft(refs[j:j + 1], L, shifts, m, workers))
+    return _band_from_power(power, L // 2 + 1)
 
 
 def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mirror: bool = True,
@@ -438,8 +486,7 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     a0, x0, y0, m0 = (v.reshape(-1) if keep is None else v.reshape(-1)[keep] for v in (a0, x0, y0, m0))
     L = n_angles(n) if rotate else 1
     fs = shift_grid(f / 2 + 1)
-    rft = _ref_ft(refs, L, fs, mirrors, workers)
-    out = [np.empty(pi.size) for _ in range(5)]
+    K = _band(refs, L, fs, mirrors, workers)
     # Two ways to centre the fine search on the coarse answer; both resample one image per
     # unit of work, so take the one with fewer: shift each reference to every shift its
     # pairs need (at most the whole disc |s| ≤ maxshift + f/2 + 2 per reference and
@@ -450,25 +497,10 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     groups = len(np.unique(np.column_stack([jm, centre]), axis=0))
     disc = len(shift_grid(maxshift + f / 2 + 2))
     if min(groups * len(grid), len(np.unique(jm)) * disc) + N < pi.size:
-        a, tx, ty, c = _fine_by_reference_shifts(particles, refs, pi, ri, m0, centre, L, grid,
-                                                 rft.shape[-1], rotate, workers)
-        out = [a, tx, ty, m0.astype(np.float64), c]
+        a, tx, ty, c = _fine_by_reference_shifts(particles, refs, pi, ri, m0, centre, L, grid, K, rotate, workers)
     else:
-        # pre-shift by d = R_a0^-1 t0 so that the remaining translation is small: t = δ + R_a d
-        ar = np.deg2rad(a0)
-        dx = np.cos(ar) * x0 - np.sin(ar) * y0
-        dy = np.sin(ar) * x0 + np.cos(ar) * y0
-        chunk = 2048
-        for lo in range(0, pi.size, chunk):
-            hi = min(pi.size, lo + chunk)
-            moved = tf.fourier_shift(particles[pi[lo:hi]], dx[lo:hi], dy[lo:hi], workers=workers)
-            a, dxs, dys, mm, c = _grid_search(moved, rft, L, fs, nm, pairs=ri[lo:hi], pair_mirror=m0[lo:hi],
-                                              rotate=rotate, workers=workers)
-            r = np.deg2rad(a)
-            tx = dxs + np.cos(r) * dx[lo:hi] + np.sin(r) * dy[lo:hi]
-            ty = dys - np.sin(r) * dx[lo:hi] + np.cos(r) * dy[lo:hi]
-            for o, v in zip(out, (a, tx, ty, mm, c)):
-                o[lo:hi] = v
+        a, tx, ty, c = _fine_by_particle_shifts(particles, refs, pi, ri, m0, a0, x0, y0, L, fs, K, rotate, workers)
+    out = [a, tx, ty, m0.astype(np.float64), c]
     shape = (N, len(refs)) if pairs is None else (N,)
     if keep is not None:  # pruned pairs: zero transform, correlation -inf (score +inf)
         full = [np.zeros(N * len(refs)) for _ in range(4)] + [np.full(N * len(refs), -np.inf)]

@@ -18,6 +18,7 @@ from r2d import io
 from r2d.errors import InputError
 from r2d.commands._common import add_exclude, add_threads, read_exclude, read_good_particles
 from r2d.invariants import footprint
+from r2d.progress import blocks
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ def main(args):
     idx = subset_indices(len(stack), args.ncls, excl)
     log.info("footprints of %d of %d particles", len(idx), len(stack))
     fps, kept = [], []
-    for lo in range(0, len(idx), 2048):  # particles with NaN/Inf pixels or zero variance are left out
-        parts, good, _ = read_good_particles(stack, idx[lo:lo + 2048])
+    for lo, hi in blocks(len(idx), 2048, "input_fp footprints"):  # NaN/Inf or zero-variance particles are left out
+        parts, good, _ = read_good_particles(stack, idx[lo:hi])
         if len(good):
             fps.append(footprint(parts, workers=args.threads))
             kept.append(good)

@@ -19,6 +19,7 @@ from r2d import io
 from r2d import transforms as tf
 from r2d.commands._common import read_particles, stack_weight
 from r2d.msa import Basis, project
+from r2d.progress import blocks
 
 
 def read_basis(path) -> Basis:
@@ -94,8 +95,8 @@ def main(args):
     best = best_reference(simmx)
     proj = np.empty((hi - lo, basis.nbasis), dtype=np.float32)
     weight = stack_weight(stack)
-    for blo in range(lo, hi, 4096):
-        bhi = min(hi, blo + 4096)
+    for blo, bhi in blocks(hi - lo, 4096, "input_proj"):
+        blo, bhi = blo + lo, bhi + lo
         r = slice(blo - lo, bhi - lo)
         parts = tf.radial_filter(read_particles(stack, np.arange(blo, bhi)), weight)
         moved = tf.transform(parts, best["dalpha"][r], best["dx"][r], best["dy"][r], best["mirror"][r])

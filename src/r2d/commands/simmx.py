@@ -18,6 +18,7 @@ import numpy as np
 from r2d import io
 from r2d.align import align
 from r2d import transforms as tf
+from r2d.progress import blocks
 from r2d.commands._common import add_exclude, add_threads, read_exclude, read_good_particles, stack_weight
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ def main(args):
     repr_ = np.array([h.get("ptcl_repr", 0) for h in heads], dtype=np.float64)
     weight = stack_weight(stack, workers=args.threads)
     refs = tf.radial_filter(refs, weight)
-    for blo in range(0, len(todo), 4096):
-        parts, sel, bad = read_good_particles(stack, todo[blo:blo + 4096])  # bad ones: score +inf, as excluded
+    for blo, bhi in blocks(len(todo), 4096, "simmx"):
+        parts, sel, bad = read_good_particles(stack, todo[blo:bhi])  # bad ones: score +inf, as excluded
         excl = np.union1d(excl, bad)
         if not len(sel):
             continue
@@ -71,7 +72,6 @@ def main(args):
         cols = np.flatnonzero(good)
         for key, v in (("score", a.score), ("dx", a.tx), ("dy", a.ty), ("dalpha", a.alpha), ("mirror", a.mirror)):
             out[key][np.ix_(rows, cols)] = v
-        log.info("simmx: %d/%d particles aligned", min(blo + 4096, len(todo)), len(todo))
     out["score"] = np.where(np.isfinite(out["score"]) | np.isin(idx, excl)[:, None], out["score"], 1e24)
     out["particle"] = idx.astype(np.int64)
     io.write_matrix(args.output, out, {"artifact": "simmx", "chunk": args.chunk or "", "n_total": n})
