@@ -168,17 +168,21 @@ def _batch(n: int) -> int:
 
 
 def half_sums(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, *, ctf: ParticleCTF | None = None,
-              alpha=0.0, mirror=0.0, workers: int = 1, batch: int | None = None) -> HalfSums:
+              alpha=0.0, mirror=0.0, workers: int = 1, batch: int | None = None,
+              half: np.ndarray | None = None) -> HalfSums:
     """Half-set Fourier sums (:class:`HalfSums`) of ``images`` (N, n, n) with ``use[i]`` in class ``label[i]``.
 
     With ``ctf`` (one entry per image), each image is weighted by ``c_i`` and ``CTF_i²`` is
     summed (:meth:`r2d.ctf.ParticleCTF.wiener_terms`), both evaluated for the image *after*
     the transform ``(alpha_i, ., ., mirror_i)`` that brought it into the class frame.
+    ``half``: the half set of each image (default :func:`half_index` of ``label, use``; give
+    the whole set's when ``images`` is one block of it).
     """
     images = np.asarray(images, dtype=np.float32)
     N, n, _ = images.shape
     nk = n // 2 + 1
-    half = half_index(np.asarray(label), np.asarray(use, dtype=bool))
+    if half is None:
+        half = half_index(np.asarray(label), np.asarray(use, dtype=bool))
     alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (N,))
     mirror = np.broadcast_to(np.asarray(mirror, dtype=np.float64), (N,))
     num = np.zeros((2, K, n * nk), np.complex128)
@@ -275,41 +279,80 @@ def average(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, aver
     ``return_halves``: also return the :class:`HalfSums` behind the average (for resolution);
     for ``mean``/``median`` they are plain half sums, for the ``ctf.*`` averagers CTF-weighted.
     """
-    name = averager.name if isinstance(averager, Option) else str(averager)
     images = np.asarray(images, dtype=np.float32)
-    N, n, _ = images.shape
-    label = np.asarray(label)
-    use = np.asarray(use, dtype=bool)
-    if name not in ("mean", "median", "ctf.weight", "ctf.weight.autofilt"):
-        raise ValueError(f"unknown averager {name!r}")
-    halves = None
-    if name.startswith("ctf.") and (ctf is not None or name == "ctf.weight.autofilt"):
-        halves = half_sums(images, label, use, K, ctf=ctf, alpha=alpha, mirror=mirror, workers=workers)
-        out = _finish(halves, name, n, workers)
-        if name == "ctf.weight.autofilt":  # a class with one member: the member itself (EMAN2)
-            A = _membership(label, use.astype(np.float64), K)
-            single = np.asarray(A.sum(axis=1)).ravel() == 1
-            if single.any():
-                out[single] = np.asarray(A[single] @ images.reshape(N, -1)).reshape(-1, n, n)
-    elif name == "median":
-        flat = images.reshape(N, -1)
-        out = np.zeros((K, n * n))
-        for k in range(K):  # loop over classes; the median itself is vectorised over pixels
-            sel = (label == k) & use
-            if sel.any():
-                out[k] = np.median(flat[sel], axis=0)
-        out = out.reshape(K, n, n)
-    else:  # mean, and ctf.weight without CTF
-        A = _membership(label, use.astype(np.float64), K)
-        cnt = np.asarray(A.sum(axis=1)).ravel()
-        out = (np.asarray(A @ images.reshape(N, -1).astype(np.float64)) / np.maximum(cnt, 1)[:, None])
-        out = out.reshape(K, n, n)
-    out = out.astype(np.float32)
-    if not return_halves:
-        return out
-    if halves is None:
-        halves = half_sums(images, label, use, K, workers=workers)
-    return out, halves
+    acc = Accumulator(images.shape[-1], label, use, K, averager, ctf=ctf, workers=workers)
+    acc.add(np.arange(len(images)), images, alpha, mirror)
+    return acc.finish(return_halves)
+
+
+class Accumulator:
+    """Class averages built block by block (the members never all in memory at once).
+
+    ``label``, ``use`` (N,) describe the whole set; :meth:`add` takes the aligned images of
+    any subset of rows (each row once), :meth:`finish` gives what :func:`average` returns.
+    Half sets come from the whole set, so any split into blocks gives the same sums. The
+    ``median`` averager has to keep its members (it cannot be summed).
+    """
+
+    def __init__(self, n: int, label, use, K: int, averager: Option | str, *, ctf: ParticleCTF | None = None,
+                 workers: int = 1):
+        self.name = averager.name if isinstance(averager, Option) else str(averager)
+        if self.name not in ("mean", "median", "ctf.weight", "ctf.weight.autofilt"):
+            raise ValueError(f"unknown averager {self.name!r}")
+        self.n, self.K, self.workers = n, K, workers
+        self.label = np.asarray(label)
+        self.use = np.asarray(use, dtype=bool)
+        self.ctf_mode = self.name.startswith("ctf.") and (ctf is not None or self.name == "ctf.weight.autofilt")
+        self.ctf = ctf if self.ctf_mode else None
+        self.half = half_index(self.label, self.use)
+        nk = n // 2 + 1
+        self.halves = HalfSums(np.zeros((2, K, n, nk), np.complex128),
+                               np.zeros((2, K, n, nk) if self.ctf is not None else (2, K, 1, 1)),
+                               np.zeros((2, K)))
+        cnt = np.bincount(self.label[self.use & (self.label >= 0)], minlength=K)
+        self.single = cnt == 1
+        self.single_img = np.zeros((K, n, n), np.float64)
+        self.median_rows: list = []
+
+    def add(self, rows, images, alpha=0.0, mirror=0.0) -> None:
+        """Add the aligned ``images`` (b, n, n) of rows ``rows`` (b,) of the whole set."""
+        rows = np.asarray(rows)
+        images = np.asarray(images, dtype=np.float32)
+        b = len(rows)
+        alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (b,))
+        mirror = np.broadcast_to(np.asarray(mirror, dtype=np.float64), (b,))
+        lab, use, half = self.label[rows], self.use[rows], self.half[rows]
+        ctf = None if self.ctf is None else self.ctf.take(rows)
+        h = half_sums(images, lab, use, self.K, ctf=ctf, alpha=alpha, mirror=mirror, workers=self.workers, half=half)
+        self.halves.num += h.num
+        self.halves.den += h.den
+        self.halves.count += h.count
+        one = use & (lab >= 0) & self.single[np.maximum(lab, 0)]
+        self.single_img[lab[one]] = images[one]
+        if self.name == "median":
+            self.median_rows.append((lab[use & (lab >= 0)], images[use & (lab >= 0)].copy()))
+
+    def finish(self, return_halves: bool = False):
+        n, K = self.n, self.K
+        if self.ctf_mode:
+            out = _finish(self.halves, self.name, n, self.workers)
+            if self.name == "ctf.weight.autofilt":  # a class with one member: the member itself (EMAN2)
+                out[self.single] = self.single_img[self.single]
+        elif self.name == "median":
+            out = np.zeros((K, n, n))
+            if self.median_rows:
+                lab = np.concatenate([r[0] for r in self.median_rows])
+                imgs = np.concatenate([r[1] for r in self.median_rows])
+                for k in np.unique(lab):  # loop over classes; the median itself is vectorised over pixels
+                    out[k] = np.median(imgs[lab == k], axis=0)
+        else:  # mean, and ctf.weight without CTF: the sum of both halves over the member count
+            cnt = self.halves.count.sum(axis=0)
+            F = self.halves.num[0] + self.halves.num[1]
+            out = sfft.irfft2(F, s=(n, n), workers=self.workers) / np.maximum(cnt, 1)[:, None, None]
+        out = out.astype(np.float32)
+        if not return_halves:
+            return out
+        return out, self.halves
 
 
 def fsc_resolution(fsc: np.ndarray, n: int, apix: float | None, threshold: float = 0.143) -> np.ndarray:
@@ -413,9 +456,15 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                    averager: str | Option = "ctf.weight.autofilt", normproc: str | Option | None = "normalize.edgemean",
                    center: str | None = "xform.center", automask: bool = False, maxshift: float | None = None,
                    apix: float | None = None, workers: int = 1,
-                   search_weight: np.ndarray | None = None, ctf: ParticleCTF | None = None) -> ClassAverages:
-    """Class averages of ``particles`` (N, n, n) float32 for the classes in ``label`` (N,) int
+                   search_weight: np.ndarray | None = None, ctf: ParticleCTF | None = None,
+                   block: int | None = None) -> ClassAverages:
+    """Class averages of ``particles`` (N, n, n) for the classes in ``label`` (N,) int
     (−1 = in no class), e2classaverage-style (algorithm.md §3.11).
+
+    ``particles`` is an array or anything indexable by an array of rows with a ``shape``
+    (e.g. :class:`r2d.commands._common.ParticleRows`, which reads them from the stack): every pass goes
+    through the particles in blocks of ``block`` rows (default: about 128 MiB of float32
+    images), so memory is one block plus the class sums, whatever ``N``.
 
     Per class: bootstrap a reference from its members (aligned in doubling blocks to the
     running sum: first member, then the next 1, 2, 4, …), centre it, then ``iterations + 1``
@@ -439,9 +488,8 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     on the 2,000-particle benchmark.) Without ``ctf`` a ``ctf.*`` averager logs that it averages
     without CTF correction. ``apix`` (Å/px) is also the unit of ``resolution``.
     """
-    particles = np.asarray(particles, dtype=np.float32)
     label = np.asarray(label, dtype=np.int64)
-    N, n, _ = particles.shape
+    N, n = len(particles), particles.shape[-1]
     aligner = parse(aligner, "aligner") if not isinstance(aligner, Option) else aligner
     averager = parse(averager, "averager") if not isinstance(averager, Option) else averager
     cmp = parse(cmp, "comparator") if not isinstance(cmp, Option) else cmp
@@ -450,8 +498,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     params["maxshift"] = n // 3 if maxshift is None or maxshift < 0 else maxshift
     aligner = Option(aligner.name, params)
     K = int(label.max()) + 1 if (label >= 0).any() else 0
-    X = tf.normalize(particles, norm.name, **({"radius": norm.get("radius")} if norm and "radius" in norm.params else {})) \
-        if norm is not None else particles.copy()
+    B = block or max(256, int(2**27 // (4 * n * n)))   # particles per block (128 px: 2048, 134 MB)
 
     if not averager.name.startswith("ctf."):
         ctf = None
@@ -464,18 +511,29 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     else:
         log.info("averager %s: CTF-weighted (%d of %d particles phase-flipped, %d premultiplied)",
                  averager.name, int(ctf.phase_flipped.sum()), N, int(ctf.premultiplied.sum()))
-    # images for the search: phase-flipped in the particle frame (sign(c)·F), then the matched filter
-    Xc = X if ctf is None else _phase_flip(X, ctf, workers=workers)
-    Xs = Xc if search_weight is None else tf.radial_filter(Xc, search_weight, workers=workers)
 
-    def run_align(sel, lab, refs, ref_repr=None):
-        """Align particles ``sel`` to ``refs[lab]``; return params, moved search images, scores."""
+    def images(rows):
+        """Particles ``rows``: normalised (X), phase-flipped in their own frame (Xc, for the
+        search and the bootstrap), and matched-filtered for the search (Xs)."""
+        P = np.asarray(particles[rows], dtype=np.float32)
+        X = tf.normalize(P, norm.name, **({"radius": norm.get("radius")} if "radius" in norm.params else {})) \
+            if norm is not None else P
+        Xc = X if ctf is None else _phase_flip(X, ctf.take(rows), workers=workers)
+        Xs = Xc if search_weight is None else tf.radial_filter(Xc, search_weight, workers=workers)
+        return X, Xc, Xs
+
+    def run_align(Xs, lab, refs, ref_repr=None):
+        """Align search images ``Xs`` to ``refs[lab]``; return the alignment and the scores."""
         frefs = refs if search_weight is None else tf.radial_filter(refs, search_weight, workers=workers)
-        a = align(Xs[sel], frefs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
+        a = align(Xs, frefs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
                   apix=apix, workers=workers)
-        moved_s = tf.transform(Xs[sel], a.alpha, a.tx, a.ty, a.mirror)
+        moved_s = tf.transform(Xs, a.alpha, a.tx, a.ty, a.mirror)
         score = compare(moved_s, frefs[lab], cmp, apix=apix, ptcl_repr=None if ref_repr is None else ref_repr[lab])
         return a, score
+
+    def by_block(rows):
+        for lo in range(0, len(rows), B):
+            yield rows[lo:lo + B]
 
     lab = np.where(label >= 0, label, -1)
     valid = lab >= 0
@@ -487,15 +545,19 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     rank[order] = np.arange(N) - start
     rank[~valid] = -1
     sums = np.zeros((K, n, n), np.float32)
-    first = valid & (rank == 0)
-    sums[lab[first]] = Xc[first]
+    for rows in by_block(np.flatnonzero(valid & (rank == 0))):
+        sums[lab[rows]] = images(rows)[1]
     lo_r = 1
-    while True:
+    while True:  # members 2^k … 2^(k+1)-1 of every class are aligned to the sums of those before
         sel = np.flatnonzero(valid & (rank >= lo_r) & (rank < 2 * lo_r))
         if len(sel) == 0:
             break
-        a, _ = run_align(sel, lab[sel], sums)
-        np.add.at(sums, lab[sel], tf.transform(Xc[sel], *a.params()))
+        delta = np.zeros_like(sums)
+        for rows in by_block(sel):
+            _, Xc, Xs = images(rows)
+            a, _ = run_align(Xs, lab[rows], sums)
+            np.add.at(delta, lab[rows], tf.transform(Xc, *a.params()))
+        sums += delta
         lo_r *= 2
     dx, dy = center_shift(sums, center)
     ref = tf.integer_shift(sums, dx, dy)
@@ -507,6 +569,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     qual_sigma = np.ones(K)
     counts = np.bincount(lab[valid], minlength=K)
     par = [np.zeros(N) for _ in range(4)]
+    idx = np.flatnonzero(valid)
     for it in range(iterations + 2):
         if it > 0:
             use = _keep_flags(score, lab, K, keep, keepsig)
@@ -516,26 +579,27 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
             qual_sigma = np.sqrt(np.maximum(np.bincount(lab[valid], s[valid] ** 2, K) / c - qual**2, 0))
         if it == iterations + 1:
             break
-        idx = np.flatnonzero(valid)
-        a, sc = run_align(idx, lab[idx], ref, counts)
-        score[idx] = sc
-        for p, v in zip(par, a.params()):
-            p[idx] = v
-        aligned = np.zeros_like(X)
-        aligned[idx] = tf.transform(X[idx], *a.params())
-        ref = average(aligned, lab, use, K, averager, ctf=ctf, alpha=par[0], mirror=par[3], workers=workers)
-        ref = _shape_reference(ref, max(5, n // 12), automask)
+        acc = Accumulator(n, lab, use, K, averager, ctf=ctf, workers=workers)
+        for rows in by_block(idx):
+            X, _, Xs = images(rows)
+            a, sc = run_align(Xs, lab[rows], ref, counts)
+            score[rows] = sc
+            for p, v in zip(par, a.params()):
+                p[rows] = v
+            acc.add(rows, tf.transform(X, *a.params()), a.alpha, a.mirror)
+        ref = _shape_reference(acc.finish(), max(5, n // 12), automask)
         log.info("class averaging pass %d/%d: mean score %.4f, %d of %d kept", it + 1, iterations + 1,
-                 float(score[idx].mean()), int(use.sum()), int(valid.sum()))
+                 float(score[idx].mean()) if len(idx) else 0.0, int(use.sum()), int(valid.sum()))
     # ---- final: centre, compose, re-average raw particles with one interpolation
     dx, dy = center_shift(ref, center)
     cshift = (np.zeros(N), np.where(valid, dx[np.maximum(lab, 0)], 0).astype(float),
               np.where(valid, dy[np.maximum(lab, 0)], 0).astype(float), np.zeros(N))
     final = tf.compose(tuple(par), cshift)
-    moved = tf.transform(X, *final)
     used = use & valid
-    avgs, halves = average(moved, lab, used, K, averager, ctf=ctf, alpha=final[0], mirror=final[3],
-                           workers=workers, return_halves=True)
+    acc = Accumulator(n, lab, used, K, averager, ctf=ctf, workers=workers)
+    for rows in by_block(np.flatnonzero(used)):
+        acc.add(rows, tf.transform(images(rows)[0], *(f[rows] for f in final)), final[0][rows], final[3][rows])
+    avgs, halves = acc.finish(return_halves=True)
     fsc = halves.fsc()
     resolution = fsc_resolution(fsc, n, apix)
     resolution[halves.count.min(axis=0) < 1] = np.nan

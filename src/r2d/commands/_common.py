@@ -73,7 +73,7 @@ def _report_bad(stack: io.Stack, idx: np.ndarray, codes: np.ndarray, what: str) 
                 what, items, more)
 
 
-def read_particles(stack: io.Stack, index=None, *, chunk: int = 4096) -> np.ndarray:
+def read_particles(stack: io.Stack, index=None, *, chunk: int = 4096, report: bool = True) -> np.ndarray:
     """Read particles (all, or input indices ``index``) in chunks, float32 ``(k, n, n)``.
 
     Data check: a particle with a NaN/Inf pixel or zero variance (:func:`r2d.io.image_problems`)
@@ -91,8 +91,34 @@ def read_particles(stack: io.Stack, index=None, *, chunk: int = 4096) -> np.ndar
         block[c != 0] = 0.0
         out[lo:lo + chunk] = block
         codes[lo:lo + chunk] = c
-    _report_bad(stack, idx, codes, "set to zero (they must not be used)")
+    if report:
+        _report_bad(stack, idx, codes, "set to zero (they must not be used)")
     return out
+
+
+class ParticleRows:
+    """Particles ``index`` (input indices) of a stack, read when indexed: ``rows[r]`` is
+    float32 ``(len(r), n, n)`` for an array of rows ``r`` (bad particles as zero images, see
+    :func:`read_particles`). Lets a step go through a large stack block by block."""
+
+    def __init__(self, stack: io.Stack, index):
+        self.stack = stack
+        self.index = np.asarray(index)
+        self.shape = (len(self.index), stack.box, stack.box)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return read_particles(self.stack, self.index[rows], report=False)
+
+    def bad(self, chunk: int = 4096) -> np.ndarray:
+        """``(len,)`` bool: particles that cannot be used (reported in the log once, here)."""
+        out = np.zeros(len(self), dtype=bool)
+        for lo in range(0, len(self), chunk):
+            rows = np.arange(lo, min(len(self), lo + chunk))
+            out[rows] = bad_mask(read_particles(self.stack, self.index[rows]))
+        return out
 
 
 def bad_mask(images: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from r2d import io
 from r2d.average import class_averages
 from r2d.ctf import ParticleCTF
 from r2d.commands._classopts import add_class_args
-from r2d.commands._common import add_threads, bad_mask, read_particles, stack_weight
+from r2d.commands._common import ParticleRows, add_threads, stack_weight
 
 
 def add_args(p):
@@ -58,8 +58,8 @@ def main(args):
     stack = io.open_stack(args.input)
     cmx = io.read_matrix(args.classmx)
     particle = cmx["particle"]
-    parts = read_particles(stack, particle)
-    label = np.where(bad_mask(parts), -1, cmx["class"])  # NaN/Inf or blank particles are never averaged in
+    parts = ParticleRows(stack, particle)  # read block by block: memory does not grow with the stack
+    label = np.where(parts.bad(), -1, cmx["class"])  # NaN/Inf or blank particles are never averaged in
     apix = stack.pixel_size or args.apix
     res = class_averages(
         parts, label, iterations=args.iter, keep=args.keep, keepsig=args.keepsig, aligner=args.align,
