@@ -327,33 +327,42 @@ def _fine_by_particle_shifts(particles, refs, pi, ri, mi, a0, x0, y0, L, grid, K
     return tuple(out)
 
 
-def _fine_by_reference_shifts(particles, refs, pi, ri, mi, centre, L, grid, K, rotate, workers):
+def _fine_by_reference_shifts(particles, refs, pi, ri, mi, x0, y0, L, grid, K, rotate, workers):
     """Fine level with the references shifted instead of the particles.
 
-    Pair ``p`` (particle ``pi[p]``, reference ``ri[p]``, mirror ``mi[p]``) is searched over
-    all angles and the integer shifts ``centre[p] + grid``. Each particle is resampled once;
-    each reference-mirror once at the union of the shifts its pairs need; pairs that share
-    reference, mirror and centre share one matrix product (a loop over such groups, never
-    over particles). Returns ``alpha, tx, ty, corr`` per pair.
+    Pair ``p`` (particle ``pi[p]``, reference ``ri[p]``, mirror ``mi[p]``, previous answer
+    ``(x0, y0)``) is searched over all angles and the shifts ``c + f + grid``, where ``c + f``
+    is the previous answer rounded to half a pixel (``c`` whole, ``f ∈ {0, ½}²``): each
+    reference is Fourier-shifted by the four ``f`` once, then taken at whole-pixel offsets.
+    Each particle is resampled once; each (reference, mirror, ``f``) at the union of the
+    shifts its pairs need; pairs that share reference, mirror and centre share one matrix
+    product (a loop over such groups, never over particles). Returns ``alpha, tx, ty, corr``.
     """
-    n = particles.shape[-1]
     Lo = _out_len(L, K) if rotate else 1
     P = polar_ft(particles, L, None, False, workers, band=K)[:, 0]               # (N, R, K)
     P = np.ascontiguousarray(P.transpose(2, 0, 1))                               # (K, N, R)
-    R = P.shape[-1]
     S = len(grid)
     nbr = _shift_neighbours(grid)
     out = [np.empty(len(pi)) for _ in range(4)]
-    key = (ri.astype(np.int64) * 2 + mi.astype(np.int64))
+    half = np.round(2 * np.column_stack([x0, y0])) / 2
+    centre = np.floor(half).astype(np.int64)
+    frac = (2 * (half - centre)).astype(np.int64)                                # 0 or 1 (half pixel)
+    key = ((ri.astype(np.int64) * 2 + mi.astype(np.int64)) * 2 + frac[:, 0]) * 2 + frac[:, 1]
     for kj in np.unique(key):
         sel = np.flatnonzero(key == kj)
-        j, m = divmod(int(kj), 2)
+        jm, fy = divmod(int(kj), 2)
+        jm, fx = divmod(jm, 2)
+        j, m = divmod(jm, 2)
+        # the reference sampled at M(p + c + f) is ref_f sampled at M(p + c), ref_f(q) = ref(q + M f)
+        ref = refs[j:j + 1]
+        if fx or fy:
+            ref = tf.fourier_shift(ref, (0.5 * fx if m else -0.5 * fx), -0.5 * fy, workers=workers)
         cen, inv = np.unique(centre[sel], axis=0, return_inverse=True)
         inv = inv.reshape(-1)
         need = (cen[:, None, :] + grid[None, :, :]).reshape(-1, 2)
         uniq, where = np.unique(need, axis=0, return_inverse=True)
         where = where.reshape(len(cen), S)
-        q = np.conj(polar_ft(refs[j:j + 1], L, uniq, bool(m), workers, band=K)[0])   # (U, R, K)
+        q = np.conj(polar_ft(ref, L, uniq, bool(m), workers, band=K)[0])          # (U, R, K)
         q = np.ascontiguousarray(q.transpose(2, 1, 0))                            # (K, R, U)
         for lo in range(0, len(sel), 4096):
             s_ = sel[lo:lo + 4096]
@@ -364,7 +373,7 @@ def _fine_by_reference_shifts(particles, refs, pi, ri, mi, centre, L, grid, K, r
                 X[:, g] = np.matmul(P[:, pi[s_[g]]], q[:, :, where[c]])
             C = sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
             alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
-            base = cen[c_].astype(np.float64)
+            base = cen[c_].astype(np.float64) + 0.5 * np.array([fx, fy])
             for o, v in zip(out, (alpha[:, 0], base[:, 0] + sx[:, 0], base[:, 1] + sy[:, 0], cbest[:, 0])):
                 o[s_] = v
     return tuple(out)
@@ -418,13 +427,48 @@ def _band_from_power(power: np.ndarray, K: int, tol: float = 1e-4) -> int:
 
 
 def _band(refs, L, shifts, mirrors, workers) -> int:
-    """:func:`angular_band` of the references' polar FTs at ``shifts``, one reference at a time
-    (the whole table at 128 px and 64 classes would not fit in memory)."""
+    """:func:`angular_band` of the references' polar FTs, one reference at a time (the whole
+    table at 128 px and 64 classes would not fit in memory), from the unshifted references and
+    the (up to) 8 outermost ``shifts`` (off-centre sampling has the widest angular band)."""
+    shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    r = np.hypot(shifts[:, 0], shifts[:, 1])
+    outer = shifts[r == r.max()]
+    outer = outer[np.argsort(np.arctan2(outer[:, 1], outer[:, 0]), kind="stable")]
+    pick = np.vstack([np.zeros((1, 2)), outer[np.linspace(0, len(outer) - 1, min(8, len(outer))).astype(int)]])
+    pick = np.unique(pick, axis=0)
     power = np.zeros(L // 2 + 1)
     for j in range(len(refs)):
         for m in mirrors:
-            power += _power(polar_ft(refs[j:j + 1], L, shifts, m, workers))
+            power += _power(polar_ft(refs[j:j + 1], L, pick, m, workers))
     return _band_from_power(power, L // 2 + 1)
+
+
+def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, reach, all_pairs, rotate, mirrors, workers):
+    """One finer level of the tree: pair ``p`` searched over all angles and the shifts within
+    ``LOCAL_RADIUS`` px of its previous answer ``(a0, x0, y0)`` (this level's pixels), mirror
+    ``mi[p]`` kept. Returns ``alpha, tx, ty, corr`` per pair.
+
+    For all particles against a few references (``all_pairs``) the references are shifted,
+    once per shift a pair needs (at most the disc ``|s| ≤ reach`` per reference, mirror and
+    half-pixel offset, ``REFERENCE_SHIFT_BUDGET`` polar images in all), and each particle is resampled once;
+    otherwise every pair's particle is shifted by its previous answer. The choice depends on
+    the references and the options only, never on how many particles a chunk holds, so a
+    chunked run computes exactly what an unchunked one does.
+    """
+    n = particles.shape[-1]
+    L = n_angles(n) if rotate else 1
+    fs = shift_grid(LOCAL_RADIUS)
+    K = _band(refs, L, fs, mirrors, workers)
+    if all_pairs and 4 * len(refs) * len(mirrors) * len(shift_grid(reach)) <= REFERENCE_SHIFT_BUDGET:
+        return _fine_by_reference_shifts(particles, refs, pi, ri, mi, x0, y0, L, fs, K, rotate, workers)
+    return _fine_by_particle_shifts(particles, refs, pi, ri, mi, a0, x0, y0, L, fs, K, rotate, workers)
+
+
+#: polar images of shifted references the reference-shift route may compute per level (64 px,
+#: 5 references, maxshift 8: at most 4·10·331 = 13,240)
+REFERENCE_SHIFT_BUDGET = 20000
+#: radius (px of each finer level) of the local shift search around the previous level's answer
+LOCAL_RADIUS = 2.0
 
 
 def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mirror: bool = True,
@@ -484,23 +528,21 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     else:
         pi, ri = np.arange(N), np.asarray(pairs)
     a0, x0, y0, m0 = (v.reshape(-1) if keep is None else v.reshape(-1)[keep] for v in (a0, x0, y0, m0))
-    L = n_angles(n) if rotate else 1
-    fs = shift_grid(f / 2 + 1)
-    K = _band(refs, L, fs, mirrors, workers)
-    # Two ways to centre the fine search on the coarse answer; both resample one image per
-    # unit of work, so take the one with fewer: shift each reference to every shift its
-    # pairs need (at most the whole disc |s| ≤ maxshift + f/2 + 2 per reference and
-    # mirror), or shift each pair's particle.
-    centre = np.rint(np.column_stack([x0, y0])).astype(np.int64)
-    grid = shift_grid(f / 2 + 1.5)  # the rounded centre is up to 0.71 px off the coarse answer
-    jm = ri.astype(np.int64) * 2 + m0.astype(np.int64)
-    groups = len(np.unique(np.column_stack([jm, centre]), axis=0))
-    disc = len(shift_grid(maxshift + f / 2 + 2))
-    if min(groups * len(grid), len(np.unique(jm)) * disc) + N < pi.size:
-        a, tx, ty, c = _fine_by_reference_shifts(particles, refs, pi, ri, m0, centre, L, grid, K, rotate, workers)
-    else:
-        a, tx, ty, c = _fine_by_particle_shifts(particles, refs, pi, ri, m0, a0, x0, y0, L, fs, K, rotate, workers)
-    out = [a, tx, ty, m0.astype(np.float64), c]
+    # finer levels: halve the pixel size each time, searching all angles and the shifts within
+    # about one pixel of the previous level's answer (a tree search), down to the full images
+    m0 = m0.astype(np.int64)
+    x, y, a, c = x0, y0, a0, None
+    g = f
+    while g > 1:
+        g //= 2
+        m = n // g
+        pg = particles if g == 1 else tf.fourier_crop(particles, m, workers=workers)
+        rg = refs if g == 1 else tf.fourier_crop(refs, m, workers=workers)
+        reach = maxshift / g + LOCAL_RADIUS + 1.5
+        a, x, y, c = _local_level(pg, rg, pi, ri, m0, a, x / g, y / g, reach, pairs is None and keep is None,
+                                  rotate, mirrors, workers)
+        x, y = x * g, y * g
+    out = [a, x, y, m0.astype(np.float64), c]
     shape = (N, len(refs)) if pairs is None else (N,)
     if keep is not None:  # pruned pairs: zero transform, correlation -inf (score +inf)
         full = [np.zeros(N * len(refs)) for _ in range(4)] + [np.full(N * len(refs), -np.inf)]
