@@ -31,6 +31,8 @@ rule export:
         EXPORT_FILES,
     log:
         art("logs/export.log"),
+    benchmark:
+        art("benchmarks/export.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: 1

@@ -32,6 +32,8 @@ rule input_fp_basis:
         art("input_fp_basis.hdf"),
     log:
         art("logs/input_fp_basis.log"),
+    benchmark:
+        art("benchmarks/input_fp_basis.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: 1
@@ -53,6 +55,8 @@ rule input_fp_basis_proj:
         art("input_fp_basis_proj.h5"),
     log:
         art("logs/input_fp_basis_proj.log"),
+    benchmark:
+        art("benchmarks/input_fp_basis_proj.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: 1
@@ -72,6 +76,8 @@ rule classmx_00:
         art("classmx_00.h5"),
     log:
         art("logs/classmx_00.log"),
+    benchmark:
+        art("benchmarks/classmx_00.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: 1

@@ -17,6 +17,8 @@ rule allrefs:
         art("allrefs_{it}.hdf"),
     log:
         art("logs/allrefs_{it}.log"),
+    benchmark:
+        art("benchmarks/allrefs_{it}.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: config["threads"]
@@ -36,6 +38,8 @@ rule basis:
         art("basis_{it}.hdf"),
     log:
         art("logs/basis_{it}.log"),
+    benchmark:
+        art("benchmarks/basis_{it}.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: 1
@@ -56,6 +60,8 @@ rule aliref:
         art("aliref_{it}.hdf"),
     log:
         art("logs/aliref_{it}.log"),
+    benchmark:
+        art("benchmarks/aliref_{it}.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: config["threads"]
@@ -103,6 +109,8 @@ rule simmx:
         ensure(art("simmx_{it}.h5"), non_empty=True),
     log:
         art("logs/simmx_{it}.log"),
+    benchmark:
+        art("benchmarks/simmx_{it}.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: 1
@@ -147,6 +155,8 @@ rule mra:
         ensure(art("mra_{it}.h5"), non_empty=True),
     log:
         art("logs/mra_{it}.log"),
+    benchmark:
+        art("benchmarks/mra_{it}.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: 1
@@ -186,6 +196,8 @@ rule input_proj:
         ensure(art("input_{it}_proj.h5"), non_empty=True),
     log:
         art("logs/input_{it}_proj.log"),
+    benchmark:
+        art("benchmarks/input_{it}_proj.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: 1
@@ -205,6 +217,8 @@ rule classmx:
         ensure(art("classmx_{it}.h5"), non_empty=True),
     log:
         art("logs/classmx_{it}.log"),
+    benchmark:
+        art("benchmarks/classmx_{it}.tsv")
     conda:
         "../envs/r2d.yaml"
     threads: 1
