@@ -450,6 +450,12 @@ def _keep_flags(score, label, K, keep, keepsig):
     return use & ok
 
 
+def averaging_block(n: int) -> int:
+    """Particles per block of class averaging: 64 MiB of ``n × n`` float32 images, ≥ 256
+    (64 px: 4096, 96 px: 1820, 128 px: 1024)."""
+    return max(256, int(2**26 // (4 * n * n)))
+
+
 def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int = 5, keep: float = 0.85,
                    keepsig: bool = False, aligner: str | Option = "rotate_translate_tree",
                    aligncmp: str | Option = "ccc", ralign=None, raligncmp=None, cmp: str | Option = "ccc",
@@ -463,8 +469,8 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
 
     ``particles`` is an array or anything indexable by an array of rows with a ``shape``
     (e.g. :class:`r2d.commands._common.ParticleRows`, which reads them from the stack): every pass goes
-    through the particles in blocks of ``block`` rows (default: about 128 MiB of float32
-    images), so memory is one block plus the class sums, whatever ``N``.
+    through the particles in blocks of ``block`` rows (default: 64 MiB of float32
+    images, :func:`averaging_block`), so memory is one block plus the class sums, whatever ``N``.
 
     Per class: bootstrap a reference from its members (aligned in doubling blocks to the
     running sum: first member, then the next 1, 2, 4, …), centre it, then ``iterations + 1``
@@ -498,7 +504,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     params["maxshift"] = n // 3 if maxshift is None or maxshift < 0 else maxshift
     aligner = Option(aligner.name, params)
     K = int(label.max()) + 1 if (label >= 0).any() else 0
-    B = block or max(256, int(2**27 // (4 * n * n)))   # particles per block (128 px: 2048, 134 MB)
+    B = block or averaging_block(n)
 
     if not averager.name.startswith("ctf."):
         ctf = None

@@ -114,12 +114,12 @@ IMG_MB = BOX * BOX * 4 / 2**20  # one float32 image
 BLOCK = 4096  # particles a chunked step holds at once (r2d reads in blocks of 4096)
 # kind: (A MiB, I images per particle, particles held, s CPU s per particle at 64 px, passes)
 _RES = {
-    "input_fp": (0, 3, "all", 0.001, 1),
-    "msa_fp": (0, 4.4, "all", 0.002, 1),  # footprints: ~0.55 img per particle
-    "project_fp": (0, 1.8, "all", 0.001, 1),
+    "input_fp": (0, 3, "subset", 0.001, 1),
+    "msa_fp": (0, 4.4, "subset", 0.002, 1),  # footprints: ~0.55 img per particle
+    "project_fp": (0, 1.8, "subset", 0.001, 1),
     "classify": (0, 0.1, "all", 0.0005, 1),
-    "average": (450, 7, "all", 0.0045, config["classiter"] + 1),
-    "average_init": (450, 7, "all", 0.0045, 9),
+    "average": (450, 7, "avgblock", 0.0045, config["classiter"] + 1),
+    "average_init": (450, 7, "avgblock", 0.0045, 9),  # of the subset only
     "refs": (250, 0, "all", 0, 1),  # allrefs: class averages and aligner tables
     # aliref, basis, montages, summary: class averages only
     "light": (0, 0, "all", 0, 1),
@@ -139,6 +139,10 @@ def _override(rule, key):
 def _particles(kind, chunked):
     held = _RES[kind][2]
     n = CHUNK_N if chunked else N_USED
+    if held == "subset":  # the initial stage uses max(2000, 10 ncls) particles (r2d invariants)
+        return min(n, max(2000, 10 * config["ncls"]))
+    if held == "avgblock":  # class averaging streams blocks of 64 MiB (r2d.average.averaging_block)
+        return min(n, max(256, 2**26 // (4 * BOX * BOX)))
     return min(n, BLOCK) if held == "block" else n
 
 
@@ -152,8 +156,10 @@ def mem_mb(rule, kind, chunked=False):
 
 def runtime_min(rule, kind, chunked=False, threads=1):
     """`resources: runtime` (minutes) of `rule` (a function of the attempt; formula above)."""
-    _, _, _, rate, passes = _RES[kind]
+    _, _, held, rate, passes = _RES[kind]
     n = CHUNK_N if chunked else N_USED
+    if held == "subset" or kind == "average_init":
+        n = min(n, max(2000, 10 * config["ncls"]))
     est = 3 * rate * n * (BOX / 64) ** 3 * passes / threads / 60
     value = _override(rule, "runtime") or max(10, int(-(-est // 1)))
     return lambda wildcards, attempt: value * attempt

@@ -97,9 +97,10 @@ rule simmx_chunk:
         ),
     params:
         opts=SIMMX_ARGS,
+        candidates="",  # mra_chunk: --candidates N
     shell:
         "r2d simmx {input.refs} {input.particles} -o {output} --chunk {wildcards.scatteritem}"
-        " {params.opts} --threads {threads} > {log} 2>&1"
+        " {params.opts} {params.candidates} --threads {threads} > {log} 2>&1"
 
 
 rule simmx:
@@ -121,7 +122,7 @@ rule simmx:
         "r2d gather -o {output} {input} > {log} 2>&1"
 
 
-rule mra_chunk:
+use rule simmx_chunk as mra_chunk with:
     input:
         refs=art("allrefs_{it}.hdf"),
         particles=config["input"],
@@ -132,9 +133,6 @@ rule mra_chunk:
         art("logs/mra_{it}/{scatteritem}.log"),
     benchmark:
         art("benchmarks/mra_{it}/{scatteritem}.tsv")
-    conda:
-        "../envs/r2d.yaml"
-    threads: config["threads"]
     resources:
         mem_mb=mem_mb("mra_chunk", "mra_chunk", chunked=True),
         runtime=runtime_min(
@@ -142,10 +140,7 @@ rule mra_chunk:
         ),
     params:
         opts=SIMMX_ARGS,
-        candidates=config["mracandidates"],
-    shell:
-        "r2d simmx {input.refs} {input.particles} -o {output} --chunk {wildcards.scatteritem}"
-        " {params.opts} --candidates {params.candidates} --threads {threads} > {log} 2>&1"
+        candidates=f"--candidates {config['mracandidates']}",
 
 
 rule mra:
