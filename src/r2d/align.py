@@ -11,14 +11,21 @@ How the search works (no Python loop over particles or angles):
    from +x towards +y) by one sparse bilinear interpolation matrix, and Fourier transformed
    along the angle (``scipy.fft.rfft``, batched).
 2. References are resampled onto the same polar grid **at every candidate shift** ``s`` on
-   the integer grid ``|s| ≤ maxshift`` and, for the mirror search, mirrored (again one
-   sparse matrix for all shifts and mirrors), each normalised to zero mean and unit norm
-   with area weights ``r``, so a correlation value is a correlation coefficient over the disc.
+   the integer grid (whole-pixel windows of the zero-padded reference) and, for the mirror
+   search, mirrored, each normalised to zero mean and unit norm with area weights ``r``, so
+   a correlation value is a correlation coefficient over the disc.
 3. For each angular frequency the particle–reference cross-power summed over rings is one
    complex matrix product (BLAS); an inverse FFT along the angle gives the correlation as
    a function of the in-plane angle for all shifts, mirrors and references at once.
 4. The best (shift, angle, mirror) is refined to sub-pixel/sub-sample precision by parabolic
    interpolation of the correlation peak.
+
+Large shift ranges are searched as a tree (:func:`search`): steps 1–4 over the whole range
+on Fourier-downsampled images (:func:`coarse_factor`), then at every factor of two up to the
+full images all angles and the shifts within ``LOCAL_RADIUS`` px of the previous level's
+answer, for the kept mirror. At those levels either every pair's particle is Fourier-shifted
+by its previous answer (:func:`_fine_by_particle_shifts`) or, for all particles against a
+few references, the references are shifted instead (:func:`_fine_by_reference_shifts`).
 
 Rotating the particle by ``alpha`` moves polar sample ``θ+alpha`` to ``θ``, so a correlation peak at
 angular lag ``τ`` gives ``alpha = τ·360/L``; the shifted reference ``ref(p + s)`` matched by
@@ -223,19 +230,45 @@ def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs, workers: int) -> n
     return sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
 
 
+_NB = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # 3 x 3 block, row-major, centre at 4
+_Q2 = np.linalg.pinv(np.array([[1, x, y, x * x, x * y, y * y] for x, y in _NB], dtype=np.float64))  # (6, 9)
+
+
 def _shift_neighbours(shifts: np.ndarray) -> np.ndarray:
-    """``(S, 4)`` index of each grid shift's neighbours at (-x, +x, -y, +y), or -1."""
+    """``(S, 9)`` index of each grid shift's 3 x 3 neighbourhood (``_NB`` order), or -1."""
     look = {tuple(v): i for i, v in enumerate(shifts)}
-    return np.array([[look.get((sx + dx, sy + dy), -1) for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1))]
-                     for sx, sy in shifts], dtype=np.int64).reshape(len(shifts), 4)
+    return np.array([[look.get((sx + dx, sy + dy), -1) for dx, dy in _NB]
+                     for sx, sy in shifts], dtype=np.int64).reshape(len(shifts), 9)
+
+
+def _subpixel(v: np.ndarray, nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel peak offset from the angle-maximised correlation ``v`` ``(..., 9)`` on the 3 x 3
+    block around the grid maximum (``nb`` ``(..., 9)`` neighbour indices, -1 = off the grid).
+
+    A least-squares quadratic surface ``a + bx + cy + dx² + exy + fy²`` through the nine
+    values and its vertex (a peak that is not aligned with the axes is found where two 1-D
+    parabolas are biased); where the block is incomplete or the surface has no maximum
+    within ±1 px, the 1-D parabolas through the axis neighbours.
+    """
+    ox = np.where((nb[..., 3] >= 0) & (nb[..., 5] >= 0), _parabolic(v[..., 3], v[..., 4], v[..., 5]), 0.0)
+    oy = np.where((nb[..., 1] >= 0) & (nb[..., 7] >= 0), _parabolic(v[..., 1], v[..., 4], v[..., 7]), 0.0)
+    coef = v @ _Q2.T                                                           # (..., 6)
+    _, b, c, d, e, f = np.moveaxis(coef, -1, 0)
+    det = 4 * d * f - e * e
+    with np.errstate(invalid="ignore", divide="ignore"):
+        qx = (-2 * f * b + e * c) / det
+        qy = (-2 * d * c + e * b) / det
+    ok = (nb >= 0).all(axis=-1) & (d < 0) & (det > 0) & (np.abs(qx) <= 1) & (np.abs(qy) <= 1)
+    return np.where(ok, qx, ox), np.where(ok, qy, oy)
 
 
 def _peaks(C: np.ndarray, shifts: np.ndarray, nbr: np.ndarray, rotate: bool):
     """Best (angle, shift, mirror) of correlations ``C`` ``(Lo, b, J, nm, S)`` on a shift grid.
 
     Returns ``alpha (deg), sx, sy, mirror index, corr``, each ``(b, J)``: the grid maximum,
-    refined by parabolas through its angular neighbours and, per axis, through the
-    angle-maximised correlation of its grid neighbours (``nbr`` from :func:`_shift_neighbours`).
+    refined by a parabola through its angular neighbours and a quadratic surface through the
+    angle-maximised correlation of its 3 x 3 grid neighbourhood (``nbr`` from
+    :func:`_shift_neighbours`, see :func:`_subpixel`).
     """
     Lo, b, J, nmc, S = C.shape
     cmax = C.max(axis=0)                                                       # (b, J, nmc, S)
@@ -250,14 +283,11 @@ def _peaks(C: np.ndarray, shifts: np.ndarray, nbr: np.ndarray, rotate: bool):
         tau = it + _parabolic(cm, cbest, cp)
     else:
         tau = np.zeros((b, J))
-    offs = []
-    for a, c in ((0, 1), (2, 3)):
-        ia, ic = nbr[isf, a], nbr[isf, c]
-        ok = (ia >= 0) & (ic >= 0)
-        off = _parabolic(cmax[bi, ji, im, np.maximum(ia, 0)], cbest, cmax[bi, ji, im, np.maximum(ic, 0)])
-        offs.append(np.where(ok, off, 0.0))
+    nb = nbr[isf]                                                              # (b, J, 9)
+    v = cmax[bi[..., None], ji[..., None], im[..., None], np.maximum(nb, 0)]
+    ox, oy = _subpixel(v, nb)
     alpha = tf._wrap(tau * 360.0 / Lo) if rotate else np.zeros_like(tau)
-    return alpha, shifts[isf, 0] + offs[0], shifts[isf, 1] + offs[1], im, cbest
+    return alpha, shifts[isf, 0] + ox, shifts[isf, 1] + oy, im, cbest
 
 
 def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, rotate=True, workers=1):
@@ -477,9 +507,9 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     """Search ``T(particle) ≈ reference`` over angle, shift ``|t| ≤ maxshift`` and mirror.
 
     Coarse to fine when ``maxshift > 4``: an exhaustive search on Fourier-downsampled
-    images (factor :func:`coarse_factor`) over the whole shift range, then, per pair, a
-    full-resolution search over all angles and shifts within one coarse pixel of the coarse
-    answer (the particle is pre-shifted by that answer, so the reference grids stay shared).
+    images (factor ``f``, :func:`coarse_factor`) over the whole shift range, then at the
+    sizes ``n·2/f, n·4/f, …, n`` a search per pair over all angles and the shifts within
+    ``LOCAL_RADIUS`` px of the previous level's answer (:func:`_local_level`).
 
     Parameters
     ----------
