@@ -680,7 +680,8 @@ def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, 
         # resampling every reference again to score it with ccc would only repeat that number
         score = -corr
     else:
-        score = score_pairs(particles, refs, (alpha, tx, ty, mir), cmp, pairs=pairs, apix=apix, ref_ptcl_repr=ref_ptcl_repr)
+        score = score_pairs(particles, refs, (alpha, tx, ty, mir), cmp, pairs=pairs, apix=apix, ref_ptcl_repr=ref_ptcl_repr,
+                            workers=workers)
         score = np.where(np.isneginf(corr), np.inf, score)
     return Alignment(alpha, tx, ty, mir, score, corr)
 
@@ -738,12 +739,12 @@ def refine(particles, refs, params, *, pairs=None, cmp: Option | None = None, ma
         a0, x0, y0, m = alpha[sl], tx[sl], ty[sl], mir[sl]
 
         def score(a, x, y):  # the reference is moved onto the particle, as e2simmx scores
-            return compare(P, tf.transform(Rimg, *tf.invert(a, x, y, m)), cmp)
+            return compare(P, tf.transform(Rimg, *tf.invert(a, x, y, m), workers=workers), cmp)
 
         a, x, y = a0.copy(), x0.copy(), y0.copy()
         for d in deltas:
             # 1. shift: g = (M^m R_a)^-1 ref; find u with p(x - u) ≈ g, then t = R_a u
-            g = tf.transform(Rimg, *tf.invert(a, 0.0, 0.0, m))
+            g = tf.transform(Rimg, *tf.invert(a, 0.0, 0.0, m), workers=workers)
             ar = np.deg2rad(a)
             c, sn = np.cos(ar), np.sin(ar)
             ux, uy = c * x - sn * y, sn * x + c * y
@@ -764,7 +765,7 @@ def refine(particles, refs, params, *, pairs=None, cmp: Option | None = None, ma
         better = score(a, x, y) <= score(a0, x0, y0)
         a, x, y = np.where(better, a, a0), np.where(better, x, x0), np.where(better, y, y0)
         alpha[sl], tx[sl], ty[sl] = a, x, y
-        corr[sl] = -compare(P, tf.transform(Rimg, *tf.invert(a, x, y, m)), ccc)
+        corr[sl] = -compare(P, tf.transform(Rimg, *tf.invert(a, x, y, m), workers=workers), ccc)
     return (alpha.reshape(shape), tx.reshape(shape), ty.reshape(shape), corr.reshape(shape))
 
 
@@ -776,7 +777,7 @@ def _pair_index(shape, pairs):
 
 
 def score_pairs(particles, refs, params, cmp: Option, *, pairs=None, apix=None, ref_ptcl_repr=None,
-                batch: int = 2048) -> np.ndarray:
+                batch: int = 2048, workers: int = 1) -> np.ndarray:
     """``cmp(particle_i, T_ij⁻¹(ref_j))`` for every pair; shape of ``params[0]``."""
     alpha = np.asarray(params[0])
     pi, ri = _pair_index(alpha.shape, pairs)
@@ -786,7 +787,7 @@ def score_pairs(particles, refs, params, cmp: Option, *, pairs=None, apix=None, 
     for lo in range(0, pi.size, batch):
         hi = min(pi.size, lo + batch)
         inv = tf.invert(*(p[lo:hi] for p in flat))
-        moved = tf.transform(refs[ri[lo:hi]], *inv)
+        moved = tf.transform(refs[ri[lo:hi]], *inv, workers=workers)
         out[lo:hi] = compare(particles[pi[lo:hi]], moved, cmp, apix=apix,
                              ptcl_repr=None if reprs is None else reprs[ri[lo:hi]])
     return out.reshape(alpha.shape)

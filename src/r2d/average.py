@@ -518,9 +518,19 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         log.info("averager %s: CTF-weighted (%d of %d particles phase-flipped, %d premultiplied)",
                  averager.name, int(ctf.phase_flipped.sum()), N, int(ctf.premultiplied.sum()))
 
+    cache = {}
+
     def images(rows):
         """Particles ``rows``: normalised (X), phase-flipped in their own frame (Xc, for the
-        search and the bootstrap), and matched-filtered for the search (Xs)."""
+        search and the bootstrap), and matched-filtered for the search (Xs). When the whole
+        set is one block they are prepared once and kept for all passes."""
+        if N <= B:
+            if "all" not in cache:
+                cache["all"] = prepare(np.arange(N))
+            return tuple(v[rows] for v in cache["all"])
+        return prepare(rows)
+
+    def prepare(rows):
         P = np.asarray(particles[rows], dtype=np.float32)
         X = tf.normalize(P, norm.name, **({"radius": norm.get("radius")} if "radius" in norm.params else {})) \
             if norm is not None else P
@@ -533,7 +543,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         frefs = refs if search_weight is None else tf.radial_filter(refs, search_weight, workers=workers)
         a = align(Xs, frefs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
                   apix=apix, workers=workers)
-        moved_s = tf.transform(Xs, a.alpha, a.tx, a.ty, a.mirror)
+        moved_s = tf.transform(Xs, a.alpha, a.tx, a.ty, a.mirror, workers=workers)
         score = compare(moved_s, frefs[lab], cmp, apix=apix, ptcl_repr=None if ref_repr is None else ref_repr[lab])
         return a, score
 
@@ -562,7 +572,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         for rows in by_block(sel):
             _, Xc, Xs = images(rows)
             a, _ = run_align(Xs, lab[rows], sums)
-            np.add.at(delta, lab[rows], tf.transform(Xc, *a.params()))
+            np.add.at(delta, lab[rows], tf.transform(Xc, *a.params(), workers=workers))
         sums += delta
         lo_r *= 2
     dx, dy = center_shift(sums, center)
@@ -592,7 +602,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
             score[rows] = sc
             for p, v in zip(par, a.params()):
                 p[rows] = v
-            acc.add(rows, tf.transform(X, *a.params()), a.alpha, a.mirror)
+            acc.add(rows, tf.transform(X, *a.params(), workers=workers), a.alpha, a.mirror)
         ref = _shape_reference(acc.finish(), max(5, n // 12), automask)
         log.info("class averaging pass %d/%d: mean score %.4f, %d of %d kept", it + 1, iterations + 1,
                  float(score[idx].mean()) if len(idx) else 0.0, int(use.sum()), int(valid.sum()))
@@ -604,7 +614,8 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     used = use & valid
     acc = Accumulator(n, lab, used, K, averager, ctf=ctf, workers=workers)
     for rows in by_block(np.flatnonzero(used)):
-        acc.add(rows, tf.transform(images(rows)[0], *(f[rows] for f in final)), final[0][rows], final[3][rows])
+        acc.add(rows, tf.transform(images(rows)[0], *(f[rows] for f in final), workers=workers), final[0][rows],
+                final[3][rows])
     avgs, halves = acc.finish(return_halves=True)
     fsc = halves.fsc()
     resolution = fsc_resolution(fsc, n, apix)

@@ -111,24 +111,44 @@ def source_coords(n: int, alpha, tx, ty, mirror) -> tuple[np.ndarray, np.ndarray
     return sv + c, su + c
 
 
-def transform(images: np.ndarray, alpha, tx, ty, mirror, *, order: int = 1, batch: int = 512) -> np.ndarray:
+def transform(images: np.ndarray, alpha, tx, ty, mirror, *, order: int = 1, workers: int = 1) -> np.ndarray:
     """Apply one MTR transform per image: ``(N, n, n)`` -> ``(N, n, n)`` float32.
 
-    Bilinear (``order=1``) inverse mapping, zero outside, as EMAN2. Parameters are scalars
-    or arrays of length ``N``.
+    Bilinear (``order=1``) inverse mapping, zero outside, as EMAN2 (the mapping of
+    :func:`source_coords`). Parameters are scalars or arrays of length ``N``. Each image is
+    one ``scipy.ndimage.affine_transform`` call (a 2-D interpolation, about 5x faster than
+    one 3-D ``map_coordinates`` over the stack); ``workers`` threads share the images
+    (ndimage releases the GIL).
     """
     images = np.asarray(images)
     N, n, _ = images.shape
-    params = [np.broadcast_to(np.asarray(p, dtype=np.float64), (N,)) for p in (alpha, tx, ty, mirror)]
+    alpha, tx, ty, mirror = (np.broadcast_to(np.asarray(p, dtype=np.float64), (N,)) for p in (alpha, tx, ty, mirror))
+    c = n // 2
+    r = np.deg2rad(alpha)
+    cs, sn = np.cos(r), np.sin(r)
+    s = np.where(mirror > 0.5, -1.0, 1.0)
+    # (y_in, x_in) = A (y', x') + o with u = s(x' - c) - tx, v = y' - c - ty,
+    # x_in = c + cos·u - sin·v, y_in = c + sin·u + cos·v
+    u0, v0 = -s * c - tx, -c - ty
+    mats = np.stack([np.stack([cs, sn * s], -1), np.stack([-sn, cs * s], -1)], -2)     # (N, 2, 2)
+    offs = np.stack([c + sn * u0 + cs * v0, c + cs * u0 - sn * v0], -1)                 # (N, 2)
+    src = images.astype(np.float32, copy=False)
     out = np.empty((N, n, n), dtype=np.float32)
-    for lo in range(0, N, batch):
-        hi = min(N, lo + batch)
-        y, x = source_coords(n, *(p[lo:hi] for p in params))
-        z = np.broadcast_to(np.arange(hi - lo, dtype=np.float64)[:, None, None], y.shape)
-        out[lo:hi] = ndimage.map_coordinates(
-            images[lo:hi].astype(np.float32, copy=False), [z, y, x], order=order, mode="constant", cval=0.0,
-            prefilter=False,
-        )
+
+    def work(lo, hi):
+        for i in range(lo, hi):
+            ndimage.affine_transform(src[i], mats[i], offs[i], output=out[i], order=order, mode="constant",
+                                     cval=0.0, prefilter=False)
+
+    workers = max(1, min(int(workers), N))
+    if workers == 1:
+        work(0, N)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        bounds = np.linspace(0, N, workers + 1).astype(int)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, bounds[:-1], bounds[1:]))
     return out
 
 
