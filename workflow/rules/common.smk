@@ -111,7 +111,8 @@ N_USED = max(1, INPUT_FACTS.get("n_used", INPUT_FACTS.get("n", 1)))
 BOX = INPUT_FACTS.get("box", 64)
 CHUNK_N = -(-N_USED // config["chunks"])  # particles of the largest chunk
 IMG_MB = BOX * BOX * 4 / 2**20  # one float32 image
-BLOCK = 4096  # particles a chunked step holds at once (r2d reads in blocks of 4096)
+# particles a chunked step holds at once (r2d.commands._common.particle_block: 64 MiB of images)
+BLOCK = int(min(4096, max(256, 2**26 // (4 * BOX * BOX))))
 # kind: (A MiB, I images per particle, particles held, s CPU s per particle at 64 px, passes)
 _RES = {
     "input_fp": (0, 3, "subset", 0.001, 1),
