@@ -23,9 +23,8 @@ How the search works (no Python loop over particles or angles):
 Large shift ranges are searched as a tree (:func:`search`): steps 1–4 over the whole range
 on Fourier-downsampled images (:func:`coarse_factor`), then at every factor of two up to the
 full images all angles and the shifts within ``LOCAL_RADIUS`` px of the previous level's
-answer, for the kept mirror. At those levels either every pair's particle is Fourier-shifted
-by its previous answer (:func:`_fine_by_particle_shifts`) or, for all particles against a
-few references, the references are shifted instead (:func:`_fine_by_reference_shifts`).
+answer, for the kept mirror, with every pair's particle Fourier-shifted by that answer
+(:func:`_fine_by_particle_shifts`).
 
 Rotating the particle by ``alpha`` moves polar sample ``θ+alpha`` to ``θ``, so a correlation peak at
 angular lag ``τ`` gives ``alpha = τ·360/L``; the shifted reference ``ref(p + s)`` matched by
@@ -357,58 +356,6 @@ def _fine_by_particle_shifts(particles, refs, pi, ri, mi, a0, x0, y0, L, grid, K
     return tuple(out)
 
 
-def _fine_by_reference_shifts(particles, refs, pi, ri, mi, x0, y0, L, grid, K, rotate, workers):
-    """Fine level with the references shifted instead of the particles.
-
-    Pair ``p`` (particle ``pi[p]``, reference ``ri[p]``, mirror ``mi[p]``, previous answer
-    ``(x0, y0)``) is searched over all angles and the shifts ``c + f + grid``, where ``c + f``
-    is the previous answer rounded to half a pixel (``c`` whole, ``f ∈ {0, ½}²``): each
-    reference is Fourier-shifted by the four ``f`` once, then taken at whole-pixel offsets.
-    Each particle is resampled once; each (reference, mirror, ``f``) at the union of the
-    shifts its pairs need; pairs that share reference, mirror and centre share one matrix
-    product (a loop over such groups, never over particles). Returns ``alpha, tx, ty, corr``.
-    """
-    Lo = _out_len(L, K) if rotate else 1
-    P = polar_ft(particles, L, None, False, workers, band=K)[:, 0]               # (N, R, K)
-    P = np.ascontiguousarray(P.transpose(2, 0, 1))                               # (K, N, R)
-    S = len(grid)
-    nbr = _shift_neighbours(grid)
-    out = [np.empty(len(pi)) for _ in range(4)]
-    half = np.round(2 * np.column_stack([x0, y0])) / 2
-    centre = np.floor(half).astype(np.int64)
-    frac = (2 * (half - centre)).astype(np.int64)                                # 0 or 1 (half pixel)
-    key = ((ri.astype(np.int64) * 2 + mi.astype(np.int64)) * 2 + frac[:, 0]) * 2 + frac[:, 1]
-    for kj in np.unique(key):
-        sel = np.flatnonzero(key == kj)
-        jm, fy = divmod(int(kj), 2)
-        jm, fx = divmod(jm, 2)
-        j, m = divmod(jm, 2)
-        # the reference sampled at M(p + c + f) is ref_f sampled at M(p + c), ref_f(q) = ref(q + M f)
-        ref = refs[j:j + 1]
-        if fx or fy:
-            ref = tf.fourier_shift(ref, (0.5 * fx if m else -0.5 * fx), -0.5 * fy, workers=workers)
-        cen, inv = np.unique(centre[sel], axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        need = (cen[:, None, :] + grid[None, :, :]).reshape(-1, 2)
-        uniq, where = np.unique(need, axis=0, return_inverse=True)
-        where = where.reshape(len(cen), S)
-        q = np.conj(polar_ft(ref, L, uniq, bool(m), workers, band=K)[0])          # (U, R, K)
-        q = np.ascontiguousarray(q.transpose(2, 1, 0))                            # (K, R, U)
-        for lo in range(0, len(sel), 4096):
-            s_ = sel[lo:lo + 4096]
-            c_ = inv[lo:lo + 4096]
-            X = np.empty((K, len(s_), S), dtype=np.complex64)
-            for c in np.unique(c_):          # pairs with one centre share the shifted references
-                g = np.flatnonzero(c_ == c)
-                X[:, g] = np.matmul(P[:, pi[s_[g]]], q[:, :, where[c]])
-            C = sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
-            alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
-            base = cen[c_].astype(np.float64) + 0.5 * np.array([fx, fy])
-            for o, v in zip(out, (alpha[:, 0], base[:, 0] + sx[:, 0], base[:, 1] + sy[:, 0], cbest[:, 0])):
-                o[s_] = v
-    return tuple(out)
-
-
 def coarse_factor(n: int, maxshift: float) -> int:
     """Downsampling factor of the coarse level: a power of 2 with ``maxshift/f ≤ 4`` and ``n/f ≥ 16``."""
     f = 1
@@ -473,30 +420,21 @@ def _band(refs, L, shifts, mirrors, workers) -> int:
     return _band_from_power(power, L // 2 + 1)
 
 
-def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, reach, all_pairs, rotate, mirrors, workers):
+def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, workers):
     """One finer level of the tree: pair ``p`` searched over all angles and the shifts within
     ``LOCAL_RADIUS`` px of its previous answer ``(a0, x0, y0)`` (this level's pixels), mirror
-    ``mi[p]`` kept. Returns ``alpha, tx, ty, corr`` per pair.
+    ``mi[p]`` kept (:func:`_fine_by_particle_shifts`). Returns ``alpha, tx, ty, corr`` per pair.
 
-    For all particles against a few references (``all_pairs``) the references are shifted,
-    once per shift a pair needs (at most the disc ``|s| ≤ reach`` per reference, mirror and
-    half-pixel offset, ``REFERENCE_SHIFT_BUDGET`` polar images in all), and each particle is resampled once;
-    otherwise every pair's particle is shifted by its previous answer. The choice depends on
-    the references and the options only, never on how many particles a chunk holds, so a
-    chunked run computes exactly what an unchunked one does.
+    (Shifting the references instead of every pair's particle was tried: no faster at 2,000
+    particles, and its results depended on which particles shared a chunk.)
     """
     n = particles.shape[-1]
     L = n_angles(n) if rotate else 1
     fs = shift_grid(LOCAL_RADIUS)
     K = _band(refs, L, fs, mirrors, workers)
-    if all_pairs and 4 * len(refs) * len(mirrors) * len(shift_grid(reach)) <= REFERENCE_SHIFT_BUDGET:
-        return _fine_by_reference_shifts(particles, refs, pi, ri, mi, x0, y0, L, fs, K, rotate, workers)
     return _fine_by_particle_shifts(particles, refs, pi, ri, mi, a0, x0, y0, L, fs, K, rotate, workers)
 
 
-#: polar images of shifted references the reference-shift route may compute per level (64 px,
-#: 5 references, maxshift 8: at most 4·10·331 = 13,240)
-REFERENCE_SHIFT_BUDGET = 20000
 #: radius (px of each finer level) of the local shift search around the previous level's answer
 LOCAL_RADIUS = 2.0
 
@@ -568,9 +506,7 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
         m = n // g
         pg = particles if g == 1 else tf.fourier_crop(particles, m, workers=workers)
         rg = refs if g == 1 else tf.fourier_crop(refs, m, workers=workers)
-        reach = maxshift / g + LOCAL_RADIUS + 1.5
-        a, x, y, c = _local_level(pg, rg, pi, ri, m0, a, x / g, y / g, reach, pairs is None and keep is None,
-                                  rotate, mirrors, workers)
+        a, x, y, c = _local_level(pg, rg, pi, ri, m0, a, x / g, y / g, rotate, mirrors, workers)
         x, y = x * g, y * g
     out = [a, x, y, m0.astype(np.float64), c]
     shape = (N, len(refs)) if pairs is None else (N,)
