@@ -150,9 +150,15 @@ def test_relion_pose_against_simulation_truth():
     G = np.linalg.inv(ours) @ _relion_map(psi_true, -shift[:, 0], -shift[:, 1])  # true frame -> average
     t = G[:, :2, 2]
     assert np.all(np.abs(t - np.median(t, axis=0)) < 0.6), t  # translations agree for every particle
-    ang = np.rad2deg(np.arctan2(G[~mirrored, 0, 1], G[~mirrored, 0, 0]))
-    dev = np.abs(tf._wrap(ang - np.median(ang)))
-    assert (~mirrored).sum() >= 10 and np.mean(dev < 5) >= 0.9, ang
+    # the view is nearly mirror-symmetric, so members split between the average and its mirror
+    # image; within each group the rotation to the true frame is one angle
+    assert max(mirrored.sum(), (~mirrored).sum()) >= n // 2
+    for grp in (~mirrored, mirrored):
+        if grp.sum() < 5:
+            continue
+        ang = np.rad2deg(np.arctan2(G[grp, 0, 1], G[grp, 0, 0]))
+        dev = np.abs(tf._wrap(ang - np.median(ang)))
+        assert np.mean(dev < 5) >= 0.9, ang
 
 
 # ----------------------------------------------------------------------------- the workflow's exports

@@ -364,8 +364,8 @@ def coarse_factor(n: int, maxshift: float) -> int:
     return f
 
 
-def coarse_band(L: int) -> int | None:
-    """Angular frequencies the coarse level keeps: ``k ≤ L/8`` when ``L ≥ 128`` (coarse box ≥ 32 px).
+def coarse_band(L: int, m: int) -> int | None:
+    """Angular frequencies the coarse level (box ``m``, ``L`` angles) keeps: ``k ≤ L/8`` when ``m ≥ 32``.
 
     The coarse level only has to land in the right shift and mirror basin; the fine level
     searches all angles again at full band. Measured at 64 px (coarse 32 px, SNR 1 and 0.1,
@@ -373,7 +373,7 @@ def coarse_band(L: int) -> int | None:
     1.5x the speed. Smaller coarse boxes (16 px, the tree aligner's default at 64 px) lost
     accuracy when truncated, so they keep their whole band.
     """
-    return L // 8 + 1 if L >= 128 else None
+    return L // 8 + 1 if m >= 32 else None
 
 
 def _ref_ft(refs, L, shifts, mirrors, workers, cap=None):
@@ -478,7 +478,7 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     cr = tf.fourier_crop(refs, m, workers=workers)
     Lc = n_angles(m) if rotate else 1
     cs = shift_grid(maxshift / f)
-    a0, x0, y0, m0, c0 = _grid_search(cp, _ref_ft(cr, Lc, cs, mirrors, workers, cap=coarse_band(Lc)), Lc, cs, nm,
+    a0, x0, y0, m0, c0 = _grid_search(cp, _ref_ft(cr, Lc, cs, mirrors, workers, cap=coarse_band(Lc, m)), Lc, cs, nm,
                                      pairs=pairs, rotate=rotate, workers=workers)
     x0, y0 = x0 * f, y0 * f
     # fine level: one (particle, reference, mirror) pair per coarse answer
