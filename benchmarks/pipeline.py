@@ -14,8 +14,6 @@ best-matching noise-free projections (``r2d evaluate --map``).
 from __future__ import annotations
 
 import argparse
-import csv
-import glob
 import os
 import subprocess
 import sys
@@ -23,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from scaling import jobs  # benchmarks/: Snakemake benchmark files per job
 
 REPO = Path(__file__).resolve().parents[1]
 MAP = REPO.parent / "shared" / "data" / "maps" / "ribosome70S_65px.mrc"
@@ -64,13 +63,9 @@ def main() -> int:
                     "--directory", str(wd), "--cores", str(args.cores), "--forceall", "--quiet"],
                    check=True, env=env)
     wall = time.time() - t0
-    rows = []
-    for f in glob.glob(str(wd / "run" / "benchmarks" / "**" / "*.tsv"), recursive=True):
-        with open(f) as fh:
-            r = next(csv.DictReader(fh, delimiter="\t"))
-        rows.append((Path(f).relative_to(wd / "run" / "benchmarks"), float(r["s"]), float(r["max_rss"])))
+    rows = [(name, s, rss) for name, s, _, rss in jobs(wd / "run")]
     print(f"\n{'job':34s} {'wall s':>8s} {'max RSS MB':>11s}")
-    for name, s, rss in sorted(rows, key=lambda r: str(r[0])):
+    for name, s, rss in rows:
         print(f"{str(name):34s} {s:8.1f} {rss:11.0f}")
     print(f"\nwhole workflow: {wall:.0f} s wall on {args.cores} cores, {args.n} particles, {args.iter} iterations\n")
     print(f"{'classmx':10s} {'view error':>10s} {'random':>8s}")

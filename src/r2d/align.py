@@ -24,7 +24,7 @@ Large shift ranges are searched as a tree (:func:`search`): steps 1–4 over the
 on Fourier-downsampled images (:func:`coarse_factor`), then at every factor of two up to the
 full images all angles and the shifts within ``LOCAL_RADIUS`` px of the previous level's
 answer, for the kept mirror, with every pair's particle Fourier-shifted by that answer
-(:func:`_fine_by_particle_shifts`).
+(:func:`_local_level`).
 
 Rotating the particle by ``alpha`` moves polar sample ``θ+alpha`` to ``θ``, so a correlation peak at
 angular lag ``τ`` gives ``alpha = τ·360/L``; the shifted reference ``ref(p + s)`` matched by
@@ -319,15 +319,25 @@ def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, rotate=True, w
     return res["alpha"], res["tx"], res["ty"], res["mirror"], res["corr"]
 
 
-def _fine_by_particle_shifts(particles, refs, pi, ri, mi, a0, x0, y0, L, grid, K, rotate, workers):
-    """Fine level with each pair's particle pre-shifted by its coarse answer.
+#: radius (px of each finer level) of the local shift search around the previous level's answer
+LOCAL_RADIUS = 2.0
 
-    Pair ``p`` (particle ``pi[p]``, reference ``ri[p]``, mirror ``mi[p]``, coarse answer
-    ``a0, x0, y0``): the particle is Fourier-shifted by ``d = R_a0⁻¹ t0`` so that only a small
-    residual ``δ`` on ``grid`` remains, and searched over all angles; ``t = δ + R_a d``. One
-    reference and mirror at a time (memory: one reference's polar table on ``grid``).
-    Returns ``alpha, tx, ty, corr`` per pair.
+
+def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, workers):
+    """One finer level of the tree: pair ``p`` (particle ``pi[p]``, reference ``ri[p]``, mirror
+    ``mi[p]`` kept, previous answer ``a0, x0, y0`` in this level's pixels) searched over all
+    angles and the shifts within ``LOCAL_RADIUS`` px of the previous answer.
+
+    The particle is Fourier-shifted by ``d = R_a0⁻¹ t0`` so that only a small residual ``δ``
+    on the local grid remains; ``t = δ + R_a d``. One reference and mirror at a time (memory:
+    one reference's polar table on the local grid). (Shifting the references instead was
+    tried: no faster at 2,000 particles, and its results depended on which particles shared
+    a chunk.) Returns ``alpha, tx, ty, corr`` per pair.
     """
+    n = particles.shape[-1]
+    L = n_angles(n) if rotate else 1
+    grid = shift_grid(LOCAL_RADIUS)
+    K = _band(refs, L, grid, mirrors, workers)
     ar = np.deg2rad(a0)
     dx = np.cos(ar) * x0 - np.sin(ar) * y0
     dy = np.sin(ar) * x0 + np.cos(ar) * y0
@@ -418,25 +428,6 @@ def _band(refs, L, shifts, mirrors, workers) -> int:
         for m in mirrors:
             power += _power(polar_ft(refs[j:j + 1], L, pick, m, workers))
     return _band_from_power(power, L // 2 + 1)
-
-
-def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, workers):
-    """One finer level of the tree: pair ``p`` searched over all angles and the shifts within
-    ``LOCAL_RADIUS`` px of its previous answer ``(a0, x0, y0)`` (this level's pixels), mirror
-    ``mi[p]`` kept (:func:`_fine_by_particle_shifts`). Returns ``alpha, tx, ty, corr`` per pair.
-
-    (Shifting the references instead of every pair's particle was tried: no faster at 2,000
-    particles, and its results depended on which particles shared a chunk.)
-    """
-    n = particles.shape[-1]
-    L = n_angles(n) if rotate else 1
-    fs = shift_grid(LOCAL_RADIUS)
-    K = _band(refs, L, fs, mirrors, workers)
-    return _fine_by_particle_shifts(particles, refs, pi, ri, mi, a0, x0, y0, L, fs, K, rotate, workers)
-
-
-#: radius (px of each finer level) of the local shift search around the previous level's answer
-LOCAL_RADIUS = 2.0
 
 
 def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mirror: bool = True,

@@ -17,6 +17,7 @@ import scipy.fft as sfft
 import scipy.sparse as sp
 
 from r2d import transforms as tf
+from r2d.io import image_block
 from r2d.align import align
 from r2d.cmp import compare
 from r2d.ctf import ParticleCTF
@@ -450,12 +451,6 @@ def _keep_flags(score, label, K, keep, keepsig):
     return use & ok
 
 
-def averaging_block(n: int) -> int:
-    """Particles per block of class averaging: 64 MiB of ``n × n`` float32 images, ≥ 256
-    (64 px: 4096, 96 px: 1820, 128 px: 1024)."""
-    return max(256, int(2**26 // (4 * n * n)))
-
-
 def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int = 5, keep: float = 0.85,
                    keepsig: bool = False, aligner: str | Option = "rotate_translate_tree",
                    aligncmp: str | Option = "ccc", ralign=None, raligncmp=None, cmp: str | Option = "ccc",
@@ -470,7 +465,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     ``particles`` is an array or anything indexable by an array of rows with a ``shape``
     (e.g. :class:`r2d.commands._common.ParticleRows`, which reads them from the stack): every pass goes
     through the particles in blocks of ``block`` rows (default: 64 MiB of float32
-    images, :func:`averaging_block`), so memory is one block plus the class sums, whatever ``N``.
+    images, :func:`r2d.io.image_block`), so memory is one block plus the class sums, whatever ``N``.
 
     Per class: bootstrap a reference from its members (aligned in doubling blocks to the
     running sum: first member, then the next 1, 2, 4, …), centre it, then ``iterations + 1``
@@ -504,7 +499,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     params["maxshift"] = n // 3 if maxshift is None or maxshift < 0 else maxshift
     aligner = Option(aligner.name, params)
     K = int(label.max()) + 1 if (label >= 0).any() else 0
-    B = block or averaging_block(n)
+    B = block or image_block(n)
 
     if not averager.name.startswith("ctf."):
         ctf = None
@@ -518,25 +513,20 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         log.info("averager %s: CTF-weighted (%d of %d particles phase-flipped, %d premultiplied)",
                  averager.name, int(ctf.phase_flipped.sum()), N, int(ctf.premultiplied.sum()))
 
-    cache = {}
-
-    def images(rows):
-        """Particles ``rows``: normalised (X), phase-flipped in their own frame (Xc, for the
-        search and the bootstrap), and matched-filtered for the search (Xs). When the whole
-        set is one block they are prepared once and kept for all passes."""
-        if N <= B:
-            if "all" not in cache:
-                cache["all"] = prepare(np.arange(N))
-            return tuple(v[rows] for v in cache["all"])
-        return prepare(rows)
-
     def prepare(rows):
+        """Particles ``rows``: normalised (X), phase-flipped in their own frame (Xc, for the
+        search and the bootstrap), and matched-filtered for the search (Xs)."""
         P = np.asarray(particles[rows], dtype=np.float32)
         X = tf.normalize(P, norm.name, **({"radius": norm.get("radius")} if "radius" in norm.params else {})) \
             if norm is not None else P
         Xc = X if ctf is None else _phase_flip(X, ctf.take(rows), workers=workers)
         Xs = Xc if search_weight is None else tf.radial_filter(Xc, search_weight, workers=workers)
         return X, Xc, Xs
+
+    whole = prepare(np.arange(N)) if N <= B else None  # one block: prepared once for all passes
+
+    def images(rows):
+        return prepare(rows) if whole is None else tuple(v[rows] for v in whole)
 
     def run_align(Xs, lab, refs, ref_repr=None):
         """Align search images ``Xs`` to ``refs[lab]``; return the alignment and the scores."""

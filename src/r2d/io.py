@@ -584,6 +584,13 @@ def _open_cs(path: Path) -> Stack:
 
 
 # ----------------------------------------------------------------------------- helpers
+def image_block(n: int) -> int:
+    """Particles a step holds at once: 64 MiB of ``n × n`` float32 images, between 256 and 4096
+    (64 px: 4096, 96 px: 1820, 128 px: 1024), so a job's memory depends on the box, not on the
+    number of particles (simmx, input_proj, class averaging)."""
+    return int(min(4096, max(256, 2**26 // (4 * n * n))))
+
+
 def chunk_range(spec: str, n: int) -> tuple[int, int]:
     """Half-open particle range ``[(i-1)*n//k, i*n//k)`` of chunk spec ``"i-of-k"`` (1 <= i <= k).
     The k chunks cover ``[0, n)`` exactly, without overlap."""

@@ -93,45 +93,47 @@ def _wrap(alpha):
 # applying transforms
 
 
-def source_coords(n: int, alpha, tx, ty, mirror) -> tuple[np.ndarray, np.ndarray]:
-    """Input-pixel coordinates ``(y, x)``, each ``(N, n, n)``, sampled for each output pixel.
+def affine(n: int, alpha, tx, ty, mirror) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse mapping of one MTR transform per image as ``(A (N, 2, 2), o (N, 2))``: output
+    pixel ``(y', x')`` samples the input at ``(y, x) = A (y', x') + o``.
 
-    ``m=0: p = R_{-a}(p' - t)``; ``m=1: p = R_{-a}(M p' - t)``.
+    ``m=0: p = R_{-a}(p' - t)``; ``m=1: p = R_{-a}(M p' - t)`` (coordinates relative to the
+    centre ``c = n//2``): with ``u = s(x' - c) - tx``, ``v = y' - c - ty`` (``s = -1`` when
+    mirrored), ``x = c + cos a·u - sin a·v`` and ``y = c + sin a·u + cos a·v``.
     """
-    alpha, tx, ty, mirror = (np.atleast_1d(v)[:, None, None] for v in _arr(alpha, tx, ty, mirror))
+    alpha, tx, ty, mirror = (np.atleast_1d(v) for v in np.broadcast_arrays(*_arr(alpha, tx, ty, mirror)))
     c = n // 2
-    v, u = np.mgrid[0:n, 0:n].astype(np.float64) - c
-    u = np.where(mirror > 0.5, -u, u) - tx
-    v = v - ty
-    a = np.deg2rad(alpha)
-    cs, sn = np.cos(a), np.sin(a)
-    # R_{-a} = [[c, -s], [s, c]]
-    su = cs * u - sn * v
-    sv = sn * u + cs * v
-    return sv + c, su + c
+    r = np.deg2rad(alpha)
+    cs, sn = np.cos(r), np.sin(r)
+    s = np.where(mirror > 0.5, -1.0, 1.0)
+    u0, v0 = -s * c - tx, -c - ty  # u, v at the output pixel (0, 0)
+    mats = np.stack([np.stack([cs, sn * s], -1), np.stack([-sn, cs * s], -1)], -2)
+    offs = np.stack([c + sn * u0 + cs * v0, c + cs * u0 - sn * v0], -1)
+    return mats, offs
+
+
+def source_coords(n: int, alpha, tx, ty, mirror) -> tuple[np.ndarray, np.ndarray]:
+    """Input-pixel coordinates ``(y, x)``, each ``(N, n, n)``, sampled for each output pixel
+    (the mapping of :func:`affine`)."""
+    mats, offs = affine(n, alpha, tx, ty, mirror)
+    yo, xo = np.mgrid[0:n, 0:n].astype(np.float64)
+    y = mats[:, 0, 0, None, None] * yo + mats[:, 0, 1, None, None] * xo + offs[:, 0, None, None]
+    x = mats[:, 1, 0, None, None] * yo + mats[:, 1, 1, None, None] * xo + offs[:, 1, None, None]
+    return y, x
 
 
 def transform(images: np.ndarray, alpha, tx, ty, mirror, *, order: int = 1, workers: int = 1) -> np.ndarray:
     """Apply one MTR transform per image: ``(N, n, n)`` -> ``(N, n, n)`` float32.
 
-    Bilinear (``order=1``) inverse mapping, zero outside, as EMAN2 (the mapping of
-    :func:`source_coords`). Parameters are scalars or arrays of length ``N``. Each image is
-    one ``scipy.ndimage.affine_transform`` call (a 2-D interpolation, about 5x faster than
-    one 3-D ``map_coordinates`` over the stack); ``workers`` threads share the images
-    (ndimage releases the GIL).
+    Bilinear (``order=1``) inverse mapping (:func:`affine`), zero outside, as EMAN2.
+    Parameters are scalars or arrays of length ``N``. Each image is one
+    ``scipy.ndimage.affine_transform`` call (a 2-D interpolation, about 5x faster than one 3-D
+    ``map_coordinates`` over the stack); ``workers`` threads share the images (ndimage
+    releases the GIL).
     """
     images = np.asarray(images)
     N, n, _ = images.shape
-    alpha, tx, ty, mirror = (np.broadcast_to(np.asarray(p, dtype=np.float64), (N,)) for p in (alpha, tx, ty, mirror))
-    c = n // 2
-    r = np.deg2rad(alpha)
-    cs, sn = np.cos(r), np.sin(r)
-    s = np.where(mirror > 0.5, -1.0, 1.0)
-    # (y_in, x_in) = A (y', x') + o with u = s(x' - c) - tx, v = y' - c - ty,
-    # x_in = c + cos·u - sin·v, y_in = c + sin·u + cos·v
-    u0, v0 = -s * c - tx, -c - ty
-    mats = np.stack([np.stack([cs, sn * s], -1), np.stack([-sn, cs * s], -1)], -2)     # (N, 2, 2)
-    offs = np.stack([c + sn * u0 + cs * v0, c + cs * u0 - sn * v0], -1)                 # (N, 2)
+    mats, offs = affine(n, *(np.broadcast_to(np.asarray(p, dtype=np.float64), (N,)) for p in (alpha, tx, ty, mirror)))
     src = images.astype(np.float32, copy=False)
     out = np.empty((N, n, n), dtype=np.float32)
 

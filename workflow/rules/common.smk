@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from r2d.check import check_workflow_config, format_error
 from r2d.errors import UserError
+from r2d.io import image_block
 
 # Up-front validation, before any job runs (r2d.check; `r2d check` runs the same checks):
 # schema (unknown keys, types, ranges; fills defaults), relations between values, and the
@@ -111,16 +112,15 @@ N_USED = max(1, INPUT_FACTS.get("n_used", INPUT_FACTS.get("n", 1)))
 BOX = INPUT_FACTS.get("box", 64)
 CHUNK_N = -(-N_USED // config["chunks"])  # particles of the largest chunk
 IMG_MB = BOX * BOX * 4 / 2**20  # one float32 image
-# particles a chunked step holds at once (r2d.commands._common.particle_block: 64 MiB of images)
-BLOCK = int(min(4096, max(256, 2**26 // (4 * BOX * BOX))))
+BLOCK = image_block(BOX)  # particles a per-particle step holds at once (64 MiB of images)
 # kind: (A MiB, I images per particle, particles held, s CPU s per particle at 64 px, passes)
 _RES = {
     "input_fp": (0, 3, "subset", 0.001, 1),
     "msa_fp": (0, 4.4, "subset", 0.002, 1),  # footprints: ~0.55 img per particle
     "project_fp": (0, 1.8, "subset", 0.001, 1),
     "classify": (0, 0.1, "all", 0.0005, 1),
-    "average": (450, 7, "avgblock", 0.0045, config["classiter"] + 1),
-    "average_init": (450, 7, "avgblock", 0.0045, 9),  # of the subset only
+    "average": (450, 7, "block", 0.0045, config["classiter"] + 1),
+    "average_init": (450, 7, "block", 0.0045, 9),  # of the subset only
     "refs": (250, 0, "all", 0, 1),  # allrefs: class averages and aligner tables
     # aliref, basis, montages, summary: class averages only
     "light": (0, 0, "all", 0, 1),
@@ -142,8 +142,6 @@ def _particles(kind, chunked):
     n = CHUNK_N if chunked else N_USED
     if held == "subset":  # the initial stage uses max(2000, 10 ncls) particles (r2d invariants)
         return min(n, max(2000, 10 * config["ncls"]))
-    if held == "avgblock":  # class averaging streams blocks of 64 MiB (r2d.average.averaging_block)
-        return min(n, max(256, 2**26 // (4 * BOX * BOX)))
     return min(n, BLOCK) if held == "block" else n
 
 

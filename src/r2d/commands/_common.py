@@ -73,13 +73,6 @@ def _report_bad(stack: io.Stack, idx: np.ndarray, codes: np.ndarray, what: str) 
                 what, items, more)
 
 
-def particle_block(n: int) -> int:
-    """Particles a per-particle step (simmx, input_proj) holds at once: 64 MiB of ``n × n``
-    float32 images, between 256 and 4096 (64 px: 4096, 96 px: 1820, 128 px: 1024), so a job's
-    memory depends on the box, not on the number of particles."""
-    return int(min(4096, max(256, 2**26 // (4 * n * n))))
-
-
 def read_particles(stack: io.Stack, index=None, *, chunk: int = 4096, report: bool = True) -> np.ndarray:
     """Read particles (all, or input indices ``index``) in chunks, float32 ``(k, n, n)``.
 

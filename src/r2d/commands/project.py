@@ -17,7 +17,7 @@ import numpy as np
 
 from r2d import io
 from r2d import transforms as tf
-from r2d.commands._common import particle_block, read_particles, stack_weight
+from r2d.commands._common import read_particles, stack_weight
 from r2d.msa import Basis, project
 from r2d.progress import blocks
 
@@ -95,7 +95,7 @@ def main(args):
     best = best_reference(simmx)
     proj = np.empty((hi - lo, basis.nbasis), dtype=np.float32)
     weight = stack_weight(stack)
-    for blo, bhi in blocks(hi - lo, particle_block(stack.box), "input_proj"):
+    for blo, bhi in blocks(hi - lo, io.image_block(stack.box), "input_proj"):
         blo, bhi = blo + lo, bhi + lo
         r = slice(blo - lo, bhi - lo)
         parts = tf.radial_filter(read_particles(stack, np.arange(blo, bhi)), weight)

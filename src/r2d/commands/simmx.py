@@ -19,7 +19,7 @@ from r2d import io
 from r2d.align import align
 from r2d import transforms as tf
 from r2d.progress import blocks
-from r2d.commands._common import add_exclude, add_threads, particle_block, read_exclude, read_good_particles, stack_weight
+from r2d.commands._common import add_exclude, add_threads, read_exclude, read_good_particles, stack_weight
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def main(args):
     repr_ = np.array([h.get("ptcl_repr", 0) for h in heads], dtype=np.float64)
     weight = stack_weight(stack, workers=args.threads)
     refs = tf.radial_filter(refs, weight)
-    for blo, bhi in blocks(len(todo), particle_block(stack.box), "simmx"):
+    for blo, bhi in blocks(len(todo), io.image_block(stack.box), "simmx"):
         parts, sel, bad = read_good_particles(stack, todo[blo:bhi])  # bad ones: score +inf, as excluded
         excl = np.union1d(excl, bad)
         if not len(sel):
