@@ -199,34 +199,57 @@ def _out_len(L: int, K: int) -> int:
     return int(min(L, max(32, 2 ** int(np.ceil(np.log2(max(2 * (K - 1), 1)))))))
 
 
+@lru_cache(maxsize=32)
+def _synthesis(K: int, Lo: int) -> np.ndarray:
+    """``(Lo, 2K)`` float32 real matrix ``[A_r A_i]`` with ``irfft(X, Lo) = A_r·Re X + A_i·Im X``
+    for the first ``K`` coefficients (``K ≤ Lo//2 + 1``)."""
+    k = np.arange(K)
+    tau = np.arange(Lo)[:, None]
+    w = np.where((k == 0) | (2 * k == Lo), 1.0, 2.0) / Lo
+    ph = 2 * np.pi * tau * k[None, :] / Lo
+    return np.hstack([w * np.cos(ph), -w * np.sin(ph)]).astype(np.float32)
+
+
+def _angular_ifft(X: np.ndarray, Lo: int) -> np.ndarray:
+    """``irfft(X, n=Lo, axis=0)`` of band-limited angular spectra ``X`` ``(K, ...)`` complex64 as
+    one real matrix product (BLAS): far faster than many short FFTs. ``(Lo, ...)`` float32."""
+    K = X.shape[0]
+    rest = X.shape[1:]
+    Xf = X.reshape(K, -1)
+    ri = np.empty((2 * K, Xf.shape[1]), dtype=np.float32)
+    ri[:K] = Xf.real
+    ri[K:] = Xf.imag
+    return (_synthesis(K, Lo) @ ri).reshape((Lo,) + rest)
+
+
 def _ref_layout(ref_ft: np.ndarray, nm: int) -> np.ndarray:
-    """Conjugated reference FTs ``(nm·J, S, R, K)`` (mirror-major) → ``(J, K, R, nm, S)`` complex64."""
+    """Conjugated reference FTs ``(nm·J, S, R, K)`` (mirror-major) → ``(K, R, J, nm, S)`` complex64
+    (contiguous: all versus all multiplies it as one ``(K, R, J·nm·S)`` matrix)."""
     JM, S, R, K = ref_ft.shape
     q = np.conj(ref_ft).reshape(nm, JM // nm, S, R, K)
-    return np.ascontiguousarray(q.transpose(1, 4, 3, 0, 2))
+    return np.ascontiguousarray(q.transpose(4, 3, 1, 0, 2))
 
 
-def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs, workers: int) -> np.ndarray:
+def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs) -> np.ndarray:
     """Angular correlation of particles with shifted references, as one product per frequency.
 
-    ``Pp``: ``(b, R, K)`` particle polar FTs; ``Q``: ``(J, K, R, nm, S)`` from :func:`_ref_layout`.
+    ``Pp``: ``(b, R, K)`` particle polar FTs; ``Q``: ``(K, R, J, nm, S)`` from :func:`_ref_layout`.
     Returns ``C`` float32 ``(Lo, b, J', nm, S)``: all versus all (``J' = J``) or particle i
     with reference ``pairs[i]`` (``J' = 1``). ``C[τ]`` is the correlation with the particle
     rotated by ``τ·360/Lo`` degrees: Σ_θ p(θ+τ)·q(θ) over rings.
     """
     b, R, K = Pp.shape
-    J, _, _, nm, S = Q.shape
+    _, _, J, nm, S = Q.shape
     P = np.ascontiguousarray(Pp.transpose(2, 0, 1))                       # (K, b, R)
     if pairs is None:
-        Qm = Q.transpose(1, 2, 0, 3, 4).reshape(K, R, J * nm * S)          # (K, R, J·nm·S)
-        X = np.matmul(P, Qm).reshape(K, b, J, nm, S)
+        X = np.matmul(P, Q.reshape(K, R, J * nm * S)).reshape(K, b, J, nm, S)
     else:
         X = np.empty((K, b, 1, nm, S), dtype=np.complex64)
         pairs = np.asarray(pairs)
         for j in np.unique(pairs):  # loop over references (classes), not particles
             sel = np.flatnonzero(pairs == j)
-            X[:, sel] = np.matmul(P[:, sel], Q[j].reshape(K, R, nm * S)).reshape(K, len(sel), 1, nm, S)
-    return sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
+            X[:, sel] = np.matmul(P[:, sel], Q[:, :, j].reshape(K, R, nm * S)).reshape(K, len(sel), 1, nm, S)
+    return _angular_ifft(X, Lo)
 
 
 _NB = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # 3 x 3 block, row-major, centre at 4
@@ -311,7 +334,7 @@ def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, rotate=True, w
     for lo in range(0, N, batch):
         hi = min(N, lo + batch)
         Pp = polar_ft(particles[lo:hi], L, None, False, workers, band=K)[:, 0]
-        C = _correlate(Pp, Q, Lo, None if pairs is None else pairs[lo:hi], workers)  # (Lo, b, J, nm, S)
+        C = _correlate(Pp, Q, Lo, None if pairs is None else pairs[lo:hi])  # (Lo, b, J, nm, S)
         alpha, sx, sy, im, cbest = _peaks(C, shifts, nbr, rotate)
         vals = {"alpha": alpha, "tx": sx, "ty": sy, "mirror": im.astype(np.float64), "corr": cbest}
         for key, v in vals.items():
@@ -347,22 +370,32 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     batch = int(max(1, 5e6 // (S * (Lo + 3 * K))))
     out = [np.empty(len(pi)) for _ in range(4)]
     key = ri.astype(np.int64) * 2 + mi.astype(np.int64)
-    for kj in np.unique(key):
-        sel = np.flatnonzero(key == kj)
-        j, m = divmod(int(kj), 2)
-        q = np.conj(polar_ft(refs[j:j + 1], L, grid, bool(m), workers, band=K)[0])   # (S, R, K)
-        q = np.ascontiguousarray(q.transpose(2, 1, 0))                            # (K, R, S)
-        for lo in range(0, len(sel), batch):
-            s_ = sel[lo:lo + batch]
-            moved = tf.fourier_shift(particles[pi[s_]], dx[s_], dy[s_], workers=workers)
-            P = np.ascontiguousarray(polar_ft(moved, L, None, False, workers, band=K)[:, 0].transpose(2, 0, 1))
-            C = sfft.irfft(np.matmul(P, q), n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
-            alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
-            a, r = alpha[:, 0], np.deg2rad(alpha[:, 0])
-            tx = sx[:, 0] + np.cos(r) * dx[s_] + np.sin(r) * dy[s_]
-            ty = sy[:, 0] - np.sin(r) * dx[s_] + np.cos(r) * dy[s_]
-            for o, v in zip(out, (a, tx, ty, cbest[:, 0])):
-                o[s_] = v
+    # pairs sorted by (reference, mirror): each batch mixes groups, so small groups (pairs mode,
+    # a few particles per class) share the particle work; every pair's numbers depend only
+    # on its particle and its group's table
+    order = np.argsort(key, kind="stable")
+    tables: dict = {}
+    for lo in range(0, len(order), batch):
+        s_ = order[lo:lo + batch]
+        moved = tf.fourier_shift(particles[pi[s_]], dx[s_], dy[s_], workers=workers)
+        P = np.ascontiguousarray(polar_ft(moved, L, None, False, workers, band=K)[:, 0].transpose(2, 0, 1))
+        X = np.empty((K, len(s_), S), dtype=np.complex64)
+        ks = key[s_]
+        cut = np.r_[0, np.flatnonzero(ks[1:] != ks[:-1]) + 1, len(s_)]
+        for a, b in zip(cut[:-1], cut[1:]):
+            kj = int(ks[a])
+            if kj not in tables:
+                j, m = divmod(kj, 2)
+                q = np.conj(polar_ft(refs[j:j + 1], L, grid, bool(m), workers, band=K)[0])   # (S, R, K)
+                tables = {kj: np.ascontiguousarray(q.transpose(2, 1, 0))}                 # (K, R, S)
+            X[:, a:b] = np.matmul(P[:, a:b], tables[kj])
+        C = _angular_ifft(X, Lo)
+        alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
+        a, r = alpha[:, 0], np.deg2rad(alpha[:, 0])
+        tx = sx[:, 0] + np.cos(r) * dx[s_] + np.sin(r) * dy[s_]
+        ty = sy[:, 0] - np.sin(r) * dx[s_] + np.cos(r) * dy[s_]
+        for o, v in zip(out, (a, tx, ty, cbest[:, 0])):
+            o[s_] = v
     return tuple(out)
 
 
@@ -414,7 +447,7 @@ def _band_from_power(power: np.ndarray, K: int, tol: float = 1e-4) -> int:
 
 
 def _band(refs, L, shifts, mirrors, workers) -> int:
-    """:func:`angular_band` of the references' polar FTs, one reference at a time (the whole
+    """:func:`angular_band` of the references' polar FTs, a few references at a time (the whole
     table at 128 px and 64 classes would not fit in memory), from the unshifted references and
     the (up to) 8 outermost ``shifts`` (off-centre sampling has the widest angular band)."""
     shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
@@ -424,9 +457,10 @@ def _band(refs, L, shifts, mirrors, workers) -> int:
     pick = np.vstack([np.zeros((1, 2)), outer[np.linspace(0, len(outer) - 1, min(8, len(outer))).astype(int)]])
     pick = np.unique(pick, axis=0)
     power = np.zeros(L // 2 + 1)
-    for j in range(len(refs)):
+    step = max(1, 128 // len(pick))  # references per call: a few MB of polar tables
+    for j in range(0, len(refs), step):
         for m in mirrors:
-            power += _power(polar_ft(refs[j:j + 1], L, pick, m, workers))
+            power += _power(polar_ft(refs[j:j + step], L, pick, m, workers))
     return _band_from_power(power, L // 2 + 1)
 
 

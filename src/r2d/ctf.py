@@ -76,7 +76,9 @@ def ctf_from_freqs(
     u2 = sx * sx + sy * sy
     phi = np.arctan2(sy, sx)
     extra = (slice(None),) + (None,) * u2.ndim  # per-particle parameter -> (N, 1, 1, ...)
-    dz = 0.5 * (du + dv)[extra] + 0.5 * (du - dv)[extra] * np.cos(2.0 * (phi - ang[extra]))
+    # cos(2(φ − a)) = cos 2φ·cos 2a + sin 2φ·sin 2a: the trigonometry of the grid is done once
+    astig = np.cos(2.0 * phi) * np.cos(2.0 * ang)[extra] + np.sin(2.0 * phi) * np.sin(2.0 * ang)[extra]
+    dz = 0.5 * (du + dv)[extra] + 0.5 * (du - dv)[extra] * astig
     gamma = k1[extra] * dz * u2 - k2[extra] * u2 * u2 + w[extra]
     out = np.sin(gamma)
     if np.any(bf != 0):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from r2d.errors import ConfigError
 
@@ -70,6 +69,8 @@ def pca_basis(vectors: np.ndarray, nbasis: int, *, seed: int = 0, what: str = "i
                           f"lower {option} or raise ncls")
     if nbasis > D:
         raise ConfigError(f"{option}={nbasis} exceeds the vector length ({D}); lower {option}")
+    from sklearn.decomposition import PCA  # here, not at the top: importing scikit-learn takes about 1 s per job
+
     xn = unit_rows(x)
     if float(N) * D * min(N, D) <= FULL_SVD_MAX_COST:
         pca = PCA(n_components=nbasis, svd_solver="full")
