@@ -110,3 +110,16 @@ def test_too_many_components():
     with pytest.raises(ConfigError):
         pca_basis(x, 0)
     assert pca_basis(x, 10).components.shape == (10, 30)
+
+
+def test_exact_path_matches_scikit_learn_pca():
+    """The exact path is a plain LAPACK SVD; it must give what sklearn's full-solver PCA gives."""
+    from sklearn.decomposition import PCA
+
+    x, _ = planted(n=150, d=40, seed=5)
+    b = pca_basis(x, 5)
+    ref = PCA(n_components=5, svd_solver="full").fit(unit_rows(x))
+    np.testing.assert_allclose(b.mean, ref.mean_, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(b.singular_values, ref.singular_values_, rtol=1e-5)
+    np.testing.assert_allclose(b.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(np.sum(b.components * ref.components_, axis=1)), 1.0, atol=1e-5)

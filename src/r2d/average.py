@@ -526,13 +526,20 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     whole = prepare(np.arange(N)) if N <= B else None  # one block: prepared once for all passes
 
     def images(rows):
-        return prepare(rows) if whole is None else tuple(v[rows] for v in whole)
+        if whole is None:
+            return prepare(rows)
+        if len(rows) == N and (N == 0 or (rows[0] == 0 and rows[-1] == N - 1)):
+            return whole  # every row, in order (rows are increasing): no copies
+        return tuple(v[rows] for v in whole)
 
-    def run_align(Xs, lab, refs, ref_repr=None):
-        """Align search images ``Xs`` to ``refs[lab]``; return the alignment and the scores."""
+    def run_align(Xs, lab, refs, ref_repr=None, scored=True):
+        """Align search images ``Xs`` to ``refs[lab]``; return the alignment and the scores
+        (None when not ``scored``)."""
         frefs = refs if search_weight is None else tf.radial_filter(refs, search_weight, workers=workers)
         a = align(Xs, frefs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
                   apix=apix, workers=workers)
+        if not scored:
+            return a, None
         moved_s = tf.transform(Xs, a.alpha, a.tx, a.ty, a.mirror, workers=workers)
         score = compare(moved_s, frefs[lab], cmp, apix=apix, ptcl_repr=None if ref_repr is None else ref_repr[lab])
         return a, score
@@ -561,7 +568,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         delta = np.zeros_like(sums)
         for rows in by_block(sel):
             _, Xc, Xs = images(rows)
-            a, _ = run_align(Xs, lab[rows], sums)
+            a, _ = run_align(Xs, lab[rows], sums, scored=False)
             np.add.at(delta, lab[rows], tf.transform(Xc, *a.params(), workers=workers))
         sums += delta
         lo_r *= 2

@@ -59,12 +59,14 @@ def ctf_from_freqs(
     amp_contrast=0.1,
     phase_shift=0.0,
     bfactor=0.0,
+    dtype=np.float64,
 ):
     """CTF at frequencies ``sx, sy`` (1/A, any broadcastable shape) for per-particle parameters.
 
     Every parameter (``defocus_u/v/angle``, ``voltage``, ``cs``, ``amp_contrast``,
     ``phase_shift``, ``bfactor``) is a scalar or a 1-D array of length N; the result has
-    shape ``(N,) + broadcast(sx, sy).shape``, float64.
+    shape ``(N,) + broadcast(sx, sy).shape``, ``dtype`` (the phase is always computed in float64;
+    float32 halves the cost of the sine).
     """
     pars = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (
         defocus_u, defocus_v, defocus_angle, voltage, cs, amp_contrast, phase_shift, bfactor)))
@@ -80,9 +82,9 @@ def ctf_from_freqs(
     astig = np.cos(2.0 * phi) * np.cos(2.0 * ang)[extra] + np.sin(2.0 * phi) * np.sin(2.0 * ang)[extra]
     dz = 0.5 * (du + dv)[extra] + 0.5 * (du - dv)[extra] * astig
     gamma = k1[extra] * dz * u2 - k2[extra] * u2 * u2 + w[extra]
-    out = np.sin(gamma)
+    out = np.sin(gamma.astype(dtype, copy=False))
     if np.any(bf != 0):
-        out *= np.exp(-bf[extra] * u2 / 4.0)
+        out *= np.exp(-bf[extra] * u2 / 4.0).astype(dtype, copy=False)
     return out
 
 
@@ -118,9 +120,9 @@ def ctf_2d(
     fx = np.fft.rfftfreq(n, d=pixel_size) if rfft else fy
     out = ctf_from_freqs(
         fx[None, :], fy[:, None], defocus_u, defocus_v, defocus_angle,
-        voltage, cs, amp_contrast, phase_shift, bfactor,
+        voltage, cs, amp_contrast, phase_shift, bfactor, dtype=np.float32,
     )
-    return out.astype(np.float32)
+    return out
 
 
 # --------------------------------------------------------------------------- aligned particles

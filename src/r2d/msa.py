@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import linalg
 
 from r2d.errors import ConfigError
 
@@ -51,8 +52,8 @@ def pca_basis(vectors: np.ndarray, nbasis: int, *, seed: int = 0, what: str = "i
     """PCA basis of ``vectors`` (N, D) with ``nbasis`` components (e2msa ``--normalize``, mode pca).
 
     Rows are unit-normalised (zero rows stay zero), the mean is subtracted, then
-    ``sklearn.decomposition.PCA``: ``svd_solver='full'`` (exact, deterministic LAPACK SVD) when
-    ``N*D*min(N, D) <= FULL_SVD_MAX_COST``, else ``'randomized'`` with ``random_state=seed``
+    an exact LAPACK SVD (``scipy.linalg.svd``, as ``sklearn.decomposition.PCA(svd_solver='full')``) when
+    ``N*D*min(N, D) <= FULL_SVD_MAX_COST``, else sklearn's PCA with ``svd_solver='randomized'`` with ``random_state=seed``
     (fast, accurate for the leading components, reproducible). Component signs are fixed so that each component's largest-magnitude
     entry is positive. ``what``/``option`` only word the error message. Raises ``ConfigError``
     when ``nbasis`` exceeds ``min(N, D)``.
@@ -69,15 +70,22 @@ def pca_basis(vectors: np.ndarray, nbasis: int, *, seed: int = 0, what: str = "i
                           f"lower {option} or raise ncls")
     if nbasis > D:
         raise ConfigError(f"{option}={nbasis} exceeds the vector length ({D}); lower {option}")
-    from sklearn.decomposition import PCA  # here, not at the top: importing scikit-learn takes about 1 s per job
-
     xn = unit_rows(x)
     if float(N) * D * min(N, D) <= FULL_SVD_MAX_COST:
-        pca = PCA(n_components=nbasis, svd_solver="full")
+        # exact: LAPACK SVD of the centred rows, what sklearn's PCA(svd_solver="full") runs
+        # (without importing scikit-learn, about 1 s per job)
+        mean = xn.mean(axis=0)
+        xc = xn - mean
+        _, sv, vt = linalg.svd(xc, full_matrices=False)
+        total = float((xc * xc).sum())
+        comps_, sv = vt[:nbasis], sv[:nbasis]
+        ratio = sv**2 / total if total > 0 else np.zeros(nbasis)
     else:
-        pca = PCA(n_components=nbasis, svd_solver="randomized", random_state=seed)
-    pca.fit(xn)
-    comps = np.array(pca.components_, dtype=np.float64)
+        from sklearn.decomposition import PCA  # imported here: it takes about 1 s
+
+        pca = PCA(n_components=nbasis, svd_solver="randomized", random_state=seed).fit(xn)
+        mean, comps_, sv, ratio = pca.mean_, pca.components_, pca.singular_values_, pca.explained_variance_ratio_
+    comps = np.array(comps_, dtype=np.float64)
     cn = np.linalg.norm(comps, axis=1, keepdims=True)
     cn[cn == 0] = 1.0
     comps /= cn
@@ -86,10 +94,10 @@ def pca_basis(vectors: np.ndarray, nbasis: int, *, seed: int = 0, what: str = "i
     signs[signs == 0] = 1.0
     comps *= signs[:, None]
     return Basis(
-        mean=np.asarray(pca.mean_, dtype=np.float32),
+        mean=np.asarray(mean, dtype=np.float32),
         components=comps.astype(np.float32),
-        singular_values=np.asarray(pca.singular_values_, dtype=np.float32),
-        explained_variance_ratio=np.asarray(pca.explained_variance_ratio_, dtype=np.float32),
+        singular_values=np.asarray(sv, dtype=np.float32),
+        explained_variance_ratio=np.asarray(ratio, dtype=np.float32),
     )
 
 
