@@ -157,3 +157,28 @@ def test_refine_never_worsens_the_first_stage_score(ribosome_projections):
               raligncmp="ccc", pairs=np.arange(60))
     assert np.all(r.score <= a.score + 1e-6)
     assert np.all(np.hypot(r.tx, r.ty) <= 5 + 1e-9)
+
+
+@pytest.mark.parametrize("K,Lo", [(1, 1), (9, 32), (17, 32), (33, 64), (60, 128)])
+def test_angular_synthesis_is_the_inverse_rfft(K, Lo):
+    """The BLAS synthesis of the angular correlation equals scipy's irfft, Nyquist term included."""
+    import scipy.fft as sfft
+
+    from r2d.align import _angular_ifft
+
+    rng = np.random.default_rng(K)
+    X = (rng.normal(size=(K, 5, 3)) + 1j * rng.normal(size=(K, 5, 3))).astype(np.complex64)
+    np.testing.assert_allclose(_angular_ifft(X, Lo), sfft.irfft(X, n=Lo, axis=0), atol=2e-6)
+
+
+@pytest.mark.parametrize("n,m", [(64, 32), (64, 16), (96, 24), (32, 32)])
+def test_fourier_crop_keeps_the_centred_band(n, m):
+    """Fourier cropping keeps frequencies -m/2 … m/2-1 and the mean: a band-limited image
+    sampled on the n grid and on the m grid agree, and a constant stays constant."""
+    v, u = np.mgrid[0:n, 0:n] / n
+    img = (1.0 + np.cos(2 * np.pi * 3 * u) + 0.5 * np.sin(2 * np.pi * (2 * u + 5 * v)))[None].astype(np.float32)
+    small = tf.fourier_crop(img, m)
+    vs, us = np.mgrid[0:m, 0:m] / m
+    want = 1.0 + np.cos(2 * np.pi * 3 * us) + 0.5 * np.sin(2 * np.pi * (2 * us + 5 * vs))
+    np.testing.assert_allclose(small[0], want, atol=1e-5)
+    np.testing.assert_allclose(tf.fourier_crop(np.full((2, n, n), 3.0, np.float32), m), 3.0, atol=1e-5)

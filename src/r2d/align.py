@@ -367,7 +367,8 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     Lo = _out_len(L, K) if rotate else 1
     S = len(grid)
     nbr = _shift_neighbours(grid)
-    batch = int(max(1, 5e6 // (S * (Lo + 3 * K))))
+    # correlation tables of about 5 M values and at most ~4 M pixels of shifted images per batch
+    batch = int(max(1, min(5e6 // (S * (Lo + 3 * K)), (1 << 22) // (n * n))))
     out = [np.empty(len(pi)) for _ in range(4)]
     key = ri.astype(np.int64) * 2 + mi.astype(np.int64)
     # pairs sorted by (reference, mirror): each batch mixes groups, so small groups (pairs mode,
