@@ -159,7 +159,7 @@ def test_refine_never_worsens_the_first_stage_score(ribosome_projections):
     assert np.all(np.hypot(r.tx, r.ty) <= 5 + 1e-9)
 
 
-@pytest.mark.parametrize("K,Lo", [(1, 1), (9, 32), (17, 32), (33, 64), (60, 128)])
+@pytest.mark.parametrize("K,Lo", [(1, 1), (9, 32), (17, 32), (33, 64), (60, 128), (65, 128)])
 def test_angular_synthesis_is_the_inverse_rfft(K, Lo):
     """The BLAS synthesis of the angular correlation equals scipy's irfft, Nyquist term included."""
     import scipy.fft as sfft

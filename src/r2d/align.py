@@ -210,9 +210,17 @@ def _synthesis(K: int, Lo: int) -> np.ndarray:
     return np.hstack([w * np.cos(ph), -w * np.sin(ph)]).astype(np.float32)
 
 
-def _angular_ifft(X: np.ndarray, Lo: int) -> np.ndarray:
-    """``irfft(X, n=Lo, axis=0)`` of band-limited angular spectra ``X`` ``(K, ...)`` complex64 as
-    one real matrix product (BLAS): far faster than many short FFTs. ``(Lo, ...)`` float32."""
+#: longest angular output synthesised by a matrix product; longer ones use the inverse FFT
+SYNTHESIS_MAX = 64
+
+
+def _angular_ifft(X: np.ndarray, Lo: int, workers: int = 1) -> np.ndarray:
+    """``irfft(X, n=Lo, axis=0)`` of band-limited angular spectra ``X`` ``(K, ...)`` complex64:
+    ``(Lo, ...)`` float32. Up to ``Lo = SYNTHESIS_MAX`` as one real matrix product (BLAS),
+    faster than many short FFTs (measured: 64 angles 0.037 s against 0.047 s for 260k
+    spectra; at 128 and 256 angles the FFT is as fast or faster)."""
+    if Lo > SYNTHESIS_MAX:
+        return sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
     K = X.shape[0]
     rest = X.shape[1:]
     Xf = X.reshape(K, -1)
@@ -230,7 +238,7 @@ def _ref_layout(ref_ft: np.ndarray, nm: int) -> np.ndarray:
     return np.ascontiguousarray(q.transpose(4, 3, 1, 0, 2))
 
 
-def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs) -> np.ndarray:
+def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs, workers: int = 1) -> np.ndarray:
     """Angular correlation of particles with shifted references, as one product per frequency.
 
     ``Pp``: ``(b, R, K)`` particle polar FTs; ``Q``: ``(K, R, J, nm, S)`` from :func:`_ref_layout`.
@@ -249,7 +257,7 @@ def _correlate(Pp: np.ndarray, Q: np.ndarray, Lo: int, pairs) -> np.ndarray:
         for j in np.unique(pairs):  # loop over references (classes), not particles
             sel = np.flatnonzero(pairs == j)
             X[:, sel] = np.matmul(P[:, sel], Q[:, :, j].reshape(K, R, nm * S)).reshape(K, len(sel), 1, nm, S)
-    return _angular_ifft(X, Lo)
+    return _angular_ifft(X, Lo, workers)
 
 
 _NB = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # 3 x 3 block, row-major, centre at 4
@@ -334,7 +342,7 @@ def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, rotate=True, w
     for lo in range(0, N, batch):
         hi = min(N, lo + batch)
         Pp = polar_ft(particles[lo:hi], L, None, False, workers, band=K)[:, 0]
-        C = _correlate(Pp, Q, Lo, None if pairs is None else pairs[lo:hi])  # (Lo, b, J, nm, S)
+        C = _correlate(Pp, Q, Lo, None if pairs is None else pairs[lo:hi], workers)  # (Lo, b, J, nm, S)
         alpha, sx, sy, im, cbest = _peaks(C, shifts, nbr, rotate)
         vals = {"alpha": alpha, "tx": sx, "ty": sy, "mirror": im.astype(np.float64), "corr": cbest}
         for key, v in vals.items():
@@ -390,7 +398,7 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
                 q = np.conj(polar_ft(refs[j:j + 1], L, grid, bool(m), workers, band=K)[0])   # (S, R, K)
                 tables = {kj: np.ascontiguousarray(q.transpose(2, 1, 0))}                 # (K, R, S)
             X[:, a:b] = np.matmul(P[:, a:b], tables[kj])
-        C = _angular_ifft(X, Lo)
+        C = _angular_ifft(X, Lo, workers)
         alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
         a, r = alpha[:, 0], np.deg2rad(alpha[:, 0])
         tx = sx[:, 0] + np.cos(r) * dx[s_] + np.sin(r) * dy[s_]
