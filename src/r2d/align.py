@@ -15,8 +15,8 @@ How the search works (no Python loop over particles or angles):
    search, mirrored, each normalised to zero mean and unit norm with area weights ``r``, so
    a correlation value is a correlation coefficient over the disc.
 3. For each angular frequency the particle–reference cross-power summed over rings is one
-   complex matrix product (BLAS); an inverse FFT along the angle gives the correlation as
-   a function of the in-plane angle for all shifts, mirrors and references at once.
+   complex matrix product (BLAS); an inverse transform along the angle (:func:`_angular_ifft`)
+   gives the correlation as a function of the in-plane angle for all shifts, mirrors and references at once.
 4. The best (shift, angle, mirror) is refined to sub-pixel/sub-sample precision by parabolic
    interpolation of the correlation peak.
 
@@ -360,8 +360,8 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     angles and the shifts within ``LOCAL_RADIUS`` px of the previous answer.
 
     The particle is Fourier-shifted by ``d = R_a0⁻¹ t0`` so that only a small residual ``δ``
-    on the local grid remains; ``t = δ + R_a d``. One reference and mirror at a time (memory:
-    one reference's polar table on the local grid). (Shifting the references instead was
+    on the local grid remains; ``t = δ + R_a d``. Pairs go through sorted by reference and
+    mirror, so one reference's polar table on the local grid is held at a time. (Shifting the references instead was
     tried: no faster at 2,000 particles, and its results depended on which particles shared
     a chunk.) Returns ``alpha, tx, ty, corr`` per pair.
     """
@@ -383,7 +383,7 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     # a few particles per class) share the particle work; every pair's numbers depend only
     # on its particle and its group's table
     order = np.argsort(key, kind="stable")
-    tables: dict = {}
+    held, q = -1, None  # the (reference, mirror) whose polar table q is computed: one at a time
     for lo in range(0, len(order), batch):
         s_ = order[lo:lo + batch]
         moved = tf.fourier_shift(particles[pi[s_]], dx[s_], dy[s_], workers=workers)
@@ -392,12 +392,12 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
         ks = key[s_]
         cut = np.r_[0, np.flatnonzero(ks[1:] != ks[:-1]) + 1, len(s_)]
         for a, b in zip(cut[:-1], cut[1:]):
-            kj = int(ks[a])
-            if kj not in tables:
-                j, m = divmod(kj, 2)
+            if int(ks[a]) != held:
+                held = int(ks[a])
+                j, m = divmod(held, 2)
                 q = np.conj(polar_ft(refs[j:j + 1], L, grid, bool(m), workers, band=K)[0])   # (S, R, K)
-                tables = {kj: np.ascontiguousarray(q.transpose(2, 1, 0))}                 # (K, R, S)
-            X[:, a:b] = np.matmul(P[:, a:b], tables[kj])
+                q = np.ascontiguousarray(q.transpose(2, 1, 0))                            # (K, R, S)
+            X[:, a:b] = np.matmul(P[:, a:b], q)
         C = _angular_ifft(X, Lo, workers)
         alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
         a, r = alpha[:, 0], np.deg2rad(alpha[:, 0])

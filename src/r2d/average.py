@@ -528,8 +528,8 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     def images(rows):
         if whole is None:
             return prepare(rows)
-        if len(rows) == N and (N == 0 or (rows[0] == 0 and rows[-1] == N - 1)):
-            return whole  # every row, in order (rows are increasing): no copies
+        if len(rows) == N:
+            return whole  # rows are distinct and increasing, so this is every row in order: no copies
         return tuple(v[rows] for v in whole)
 
     def run_align(Xs, lab, refs, ref_repr=None, scored=True):

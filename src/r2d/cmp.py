@@ -224,9 +224,9 @@ def compare(this, to, option: Option | str, *, apix: float | None = None, ptcl_r
         return fn(this, to, **params)
     rep = params.get("ptcl_repr")
     per_row = rep is not None and np.ndim(rep) > 0 and len(rep) == len(this)
-    out = []
-    for lo in range(0, len(this), rows):
-        if per_row:
-            params["ptcl_repr"] = np.asarray(rep)[lo:lo + rows]
-        out.append(fn(this[lo:lo + rows], to[lo:lo + rows], **params))
-    return np.concatenate(out)
+
+    def block(lo):
+        kw = dict(params, ptcl_repr=np.asarray(rep)[lo:lo + rows]) if per_row else params
+        return fn(this[lo:lo + rows], to[lo:lo + rows], **kw)
+
+    return np.concatenate([block(lo) for lo in range(0, len(this), rows)])
