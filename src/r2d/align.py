@@ -85,12 +85,13 @@ def shift_grid(maxshift: float) -> np.ndarray:
     return g[order].astype(np.float64)
 
 
-@lru_cache(maxsize=16)
-def polar_matrix(n: int, L: int, mirror: bool = False) -> sp.csr_matrix:
-    """Sparse bilinear matrix ``(R·L, n²)`` sampling an image at polar points ``M^m p``.
+@lru_cache(maxsize=64)
+def polar_matrix(n: int, L: int, mirror: bool = False, ox: float = 0.0, oy: float = 0.0) -> sp.csr_matrix:
+    """Sparse bilinear matrix ``(R·L, n²)`` sampling an image at polar points ``M^m p + o``.
 
     ``p = c + r(cos θ, sin θ)``, ``c = (n/2, n/2)``, rings ``r = 1 … n/2-1``, ``θ = 2πl/L``;
-    the mirror ``M`` negates x about the centre. Cached per ``(n, L, mirror)``.
+    the mirror ``M`` negates x about the centre; ``o = (ox, oy)`` a sub-pixel offset (px).
+    Cached per ``(n, L, mirror, ox, oy)``.
     """
     c = n // 2
     radii = np.arange(1, n // 2, dtype=np.float64)
@@ -99,8 +100,8 @@ def polar_matrix(n: int, L: int, mirror: bool = False) -> sp.csr_matrix:
     y = radii[:, None] * np.sin(theta)[None, :]
     if mirror:
         x = -x
-    x = (x + c).ravel()
-    y = (y + c).ravel()
+    x = (x + c + ox).ravel()
+    y = (y + c + oy).ravel()
     x0 = np.floor(x).astype(np.int64)
     y0 = np.floor(y).astype(np.int64)
     fx = x - x0
@@ -145,8 +146,10 @@ def _ring_weights(n: int) -> np.ndarray:
     return np.sqrt(np.arange(1, n // 2, dtype=np.float64))
 
 
-def _polar_block(cols: np.ndarray, n: int, L: int, K: int, mirror: bool, workers: int) -> np.ndarray:
-    """Normalised polar spectra ``(R, K, B)`` complex64 of image columns ``cols`` ``(n², B)``.
+def _polar_block(cols: np.ndarray, n: int, L: int, K: int, mirror: bool, workers: int,
+                 offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Normalised polar spectra ``(R, K, B)`` complex64 of image columns ``cols`` ``(n², B)``
+    sampled at the polar points ``M^m p + offset`` (:func:`polar_matrix`).
 
     Each polar image is area-weighted (√r per ring on both sides gives weight r in a
     product), mean-subtracted and scaled to unit norm (over all ``L`` angles, also when only
@@ -156,7 +159,7 @@ def _polar_block(cols: np.ndarray, n: int, L: int, K: int, mirror: bool, workers
     """
     R = n // 2 - 1
     B = cols.shape[1]
-    pol = (polar_matrix(n, L, bool(mirror)) @ cols).reshape(R, L, B)           # float32
+    pol = (polar_matrix(n, L, bool(mirror), *offset) @ cols).reshape(R, L, B)  # float32
     ft = sfft.rfft(pol, axis=1, workers=workers)                               # (R, L//2+1, B)
     w = _ring_weights(n)
     w2 = w**2
@@ -203,22 +206,49 @@ def polar_ft(images: np.ndarray, L: int, shifts=None, mirror: bool = False, work
     return out.reshape(N, S, R, K)
 
 
-def _spectra(images: np.ndarray, L: int, K: int, rows=None, sx=None, sy=None, workers: int = 1) -> np.ndarray:
+#: sub-pixel shifts of the fine levels are applied in steps of this many pixels
+SUBPIXEL_STEP = 0.25
+
+
+def _spectra(images: np.ndarray, L: int, K: int, rows=None, dx=None, dy=None, workers: int = 1) -> np.ndarray:
     """Particles' normalised polar spectra ``(K, B, R)`` complex64 (the layout of the
-    correlation products): image ``rows[j]`` circularly shifted by ``-(sx[j], sy[j])``
-    whole pixels (content moves to ``-s``; none by default), for ``j`` in ``rows``."""
+    correlation products) of image ``rows[j]`` shifted by ``(dx[j], dy[j])`` px (content moves
+    to ``+d``; none by default) for ``j`` in ``rows``.
+
+    The shift is a circular whole-pixel gather (:func:`_columns`) and a sub-pixel offset of
+    the polar sampling points, ``d`` rounded to ``SUBPIXEL_STEP``: one polar matrix per
+    offset, each used for all columns that share it."""
     N, n, _ = images.shape
     rows = np.arange(N) if rows is None else np.asarray(rows)
-    zero = np.zeros(len(rows))
-    sx = zero if sx is None else sx
-    sy = zero if sy is None else sy
     out = np.empty((K, len(rows), n // 2 - 1), dtype=np.complex64)
+    if dx is None:
+        di = np.zeros((2, len(rows)))
+        frac = np.zeros(len(rows), dtype=np.int64)
+    else:
+        q = np.rint(np.stack([dx, dy]) / SUBPIXEL_STEP) * SUBPIXEL_STEP        # (2, B)
+        di = np.rint(q)
+        steps = int(round(1 / SUBPIXEL_STEP))
+        fi = np.rint((q - di) * steps).astype(np.int64) + steps               # 0 … 2·steps
+        frac = fi[0] * (2 * steps + 1) + fi[1]
     B = _block_len(n)
-    for lo in range(0, len(rows), B):
-        sl = slice(lo, min(len(rows), lo + B))
-        cols = _columns(images, rows[sl], sx[sl], sy[sl], circular=True)
-        out[:, sl] = _polar_block(cols, n, L, K, False, workers).transpose(1, 2, 0)
+    order = np.argsort(frac, kind="stable")
+    cut = np.r_[0, np.flatnonzero(np.diff(frac[order])) + 1, len(rows)]
+    for a, b in zip(cut[:-1], cut[1:]):
+        sel = order[a:b]
+        if dx is None:
+            off = (0.0, 0.0)
+        else:  # sample the whole-pixel-shifted image at p - (d - di)
+            off = tuple(-float(v) for v in (q[:, sel[0]] - di[:, sel[0]]))
+        for lo in range(0, len(sel), B):
+            s_ = sel[lo:lo + B]
+            cols = _columns(images, rows[s_], -di[0, s_], -di[1, s_], circular=True)
+            out[:, s_] = _polar_block(cols, n, L, K, False, workers, off).transpose(1, 2, 0)
     return out
+
+
+def _quantised(d):
+    """Shifts rounded as :func:`_spectra` applies them."""
+    return np.rint(np.asarray(d, dtype=np.float64) / SUBPIXEL_STEP) * SUBPIXEL_STEP
 
 
 # ----------------------------------------------------------------------------------------
@@ -406,9 +436,9 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     ``mi[p]`` kept, previous answer ``a0, x0, y0`` in this level's pixels) searched over all
     angles and the shifts within ``LOCAL_RADIUS`` px of the previous answer.
 
-    The particle is shifted circularly by ``d``, the whole-pixel rounding of ``R_a0⁻¹ t0``
-    (exactly a Fourier shift: a gather, no FFT), so that only a small residual ``δ`` on the
-    local grid remains; ``t = δ + R_a d``. Pairs go through sorted by reference and mirror,
+    The particle is shifted by ``d = R_a0⁻¹ t0`` (rounded to ``SUBPIXEL_STEP``: a circular
+    whole-pixel gather and sub-pixel polar sampling points, no FFT, :func:`_spectra`), so
+    that only a small residual ``δ`` on the local grid remains; ``t = δ + R_a d``. Pairs go through sorted by reference and mirror,
     so one reference's polar table on the local grid is held at a time. (Shifting the
     references instead was tried: no faster at 2,000 particles, and its results depended on
     which particles shared a chunk.) Returns ``alpha, tx, ty, corr`` per pair.
@@ -418,8 +448,8 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     grid = shift_grid(LOCAL_RADIUS)
     K = _band(refs, L, grid, mirrors, workers)
     ar = np.deg2rad(a0)
-    dx = np.rint(np.cos(ar) * x0 - np.sin(ar) * y0)
-    dy = np.rint(np.sin(ar) * x0 + np.cos(ar) * y0)
+    dx = _quantised(np.cos(ar) * x0 - np.sin(ar) * y0)
+    dy = _quantised(np.sin(ar) * x0 + np.cos(ar) * y0)
     Lo = _out_len(L, K) if rotate else 1
     S = len(grid)
     nbr = _shift_neighbours(grid)
@@ -434,7 +464,7 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     held, q = -1, None  # the (reference, mirror) whose polar table q is computed: one at a time
     for lo in range(0, len(order), batch):
         s_ = order[lo:lo + batch]
-        P = _spectra(particles, L, K, pi[s_], -dx[s_], -dy[s_], workers)         # (K, b, R)
+        P = _spectra(particles, L, K, pi[s_], dx[s_], dy[s_], workers)           # (K, b, R)
         X = np.empty((K, len(s_), S), dtype=np.complex64)
         ks = key[s_]
         cut = np.r_[0, np.flatnonzero(ks[1:] != ks[:-1]) + 1, len(s_)]
