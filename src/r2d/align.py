@@ -159,17 +159,21 @@ def _polar_block(cols: np.ndarray, n: int, L: int, K: int, mirror: bool, workers
     """
     R = n // 2 - 1
     B = cols.shape[1]
+    if B == 1:  # the sums below run along a strided axis only with 2+ columns (same rounding for all B)
+        return _polar_block(np.hstack([cols, np.zeros_like(cols)]), n, L, K, mirror, workers, offset)[..., :1]
     pol = (polar_matrix(n, L, bool(mirror), *offset) @ cols).reshape(R, L, B)  # float32
     ft = sfft.rfft(pol, axis=1, workers=workers)                               # (R, L//2+1, B)
-    w = _ring_weights(n)
+    w = _ring_weights(n)[:, None]
     w2 = w**2
+    # every sum runs over an axis other than the images' (sequential, so each column's value
+    # does not depend on the other columns or their number: chunked runs are bit-identical)
     rsum = ft[:, 0, :].real.astype(np.float64)                                 # Σ_θ x per ring
-    rsq = np.einsum("rlb,rlb->rb", pol, pol).astype(np.float64)                # Σ_θ x² per ring
-    mean = (w2 @ rsum) / (L * w2.sum())                                        # (B,) area-weighted
-    energy = w2 @ (rsq - 2 * mean * rsum + L * mean**2)                        # Σ_r w² Σ_θ (x - mean)²
+    rsq = np.square(pol).sum(axis=1, dtype=np.float64)                         # Σ_θ x² per ring
+    mean = (w2 * rsum).sum(axis=0) / (L * w2.sum())                            # (B,) area-weighted
+    energy = (w2 * (rsq - 2 * mean * rsum + L * mean**2)).sum(axis=0)          # Σ_r w² Σ_θ (x - mean)²
     norm = np.sqrt(np.maximum(energy, 0.0))
     norm[norm <= 1e-30] = 1.0
-    scale = (w[:, None] / norm[None, :]).astype(np.float32)                   # (R, B)
+    scale = (w / norm[None, :]).astype(np.float32)                            # (R, B)
     out = ft[:, :K, :] * scale[:, None, :]
     out[:, 0, :] -= (L * mean).astype(np.float32)[None, :] * scale
     return out
@@ -315,6 +319,15 @@ def _ref_layout(ref_ft: np.ndarray, nm: int) -> np.ndarray:
     return np.ascontiguousarray(q.transpose(4, 3, 1, 0, 2))
 
 
+def _matmul_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A @ B`` for ``A`` ``(K, b, R)``, ``B`` ``(K, R, S)`` with each row's values independent
+    of ``b``: a single row goes through the matrix product (not a matrix-vector product,
+    which sums in another order), so a pair's result does not depend on its group's size."""
+    if A.shape[1] == 1:
+        return np.matmul(np.concatenate([A, A], axis=1), B)[:, :1]
+    return np.matmul(A, B)
+
+
 def _correlate(P: np.ndarray, Q: np.ndarray, Lo: int, L: int, pairs, workers: int = 1) -> np.ndarray:
     """Angular correlation of particles with shifted references, as one product per frequency.
 
@@ -333,7 +346,7 @@ def _correlate(P: np.ndarray, Q: np.ndarray, Lo: int, L: int, pairs, workers: in
         pairs = np.asarray(pairs)
         for j in np.unique(pairs):  # loop over references (classes), not particles
             sel = np.flatnonzero(pairs == j)
-            X[:, sel] = np.matmul(P[:, sel], Q[:, :, j].reshape(K, R, nm * S)).reshape(K, len(sel), 1, nm, S)
+            X[:, sel] = _matmul_rows(P[:, sel], Q[:, :, j].reshape(K, R, nm * S)).reshape(K, len(sel), 1, nm, S)
     return _angular_ifft(X, Lo, L, workers)
 
 
@@ -474,7 +487,7 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
                 j, m = divmod(held, 2)
                 q = np.conj(polar_ft(refs[j:j + 1], L, grid, bool(m), workers, band=K)[0])   # (S, R, K)
                 q = np.ascontiguousarray(q.transpose(2, 1, 0))                            # (K, R, S)
-            X[:, a:b] = np.matmul(P[:, a:b], q)
+            X[:, a:b] = _matmul_rows(P[:, a:b], q)
         C = _angular_ifft(X, Lo, L, workers)
         alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
         a, r = alpha[:, 0], np.deg2rad(alpha[:, 0])
