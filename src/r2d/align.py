@@ -451,8 +451,9 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
 
     The particle is shifted by ``d = R_a0⁻¹ t0`` (rounded to ``SUBPIXEL_STEP``: a circular
     whole-pixel gather and sub-pixel polar sampling points, no FFT, :func:`_spectra`), so
-    that only a small residual ``δ`` on the local grid remains; ``t = δ + R_a d``. Pairs go through sorted by reference and mirror,
-    so one reference's polar table on the local grid is held at a time. (Shifting the
+    that only a small residual ``δ`` on the local grid remains; ``t = δ + R_a d``. Pairs go through sorted by reference and
+    mirror; the references' polar tables on the local grid are computed a few references at
+    a time as the pairs reach them. (Shifting the
     references instead was tried: no faster at 2,000 particles, and its results depended on
     which particles shared a chunk.) Returns ``alpha, tx, ty, corr`` per pair.
     """
@@ -474,7 +475,21 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     # a few particles per class) share the particle work; every pair's numbers depend only
     # on its particle and its group's table
     order = np.argsort(key, kind="stable")
-    held, q = -1, None  # the (reference, mirror) whose polar table q is computed: one at a time
+    # polar tables on the local grid, (K, R, S) per (reference, mirror), computed for a few
+    # references at a time (about 16 MB) as the sorted pairs reach them
+    per = max(1, int(16e6 // (S * (n // 2 - 1) * K * 8)))
+    tables: dict[int, np.ndarray] = {}
+
+    def table(k: int) -> np.ndarray:
+        if k not in tables:
+            tables.clear()
+            j0 = (k // 2) // per * per
+            for m in mirrors:
+                ft = np.conj(polar_ft(refs[j0:j0 + per], L, grid, bool(m), workers, band=K))  # (j, S, R, K)
+                for j, t in enumerate(ft):
+                    tables[2 * (j0 + j) + int(m)] = np.ascontiguousarray(t.transpose(2, 1, 0))
+        return tables[k]
+
     for lo in range(0, len(order), batch):
         s_ = order[lo:lo + batch]
         P = _spectra(particles, L, K, pi[s_], dx[s_], dy[s_], workers)           # (K, b, R)
@@ -482,12 +497,7 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
         ks = key[s_]
         cut = np.r_[0, np.flatnonzero(ks[1:] != ks[:-1]) + 1, len(s_)]
         for a, b in zip(cut[:-1], cut[1:]):
-            if int(ks[a]) != held:
-                held = int(ks[a])
-                j, m = divmod(held, 2)
-                q = np.conj(polar_ft(refs[j:j + 1], L, grid, bool(m), workers, band=K)[0])   # (S, R, K)
-                q = np.ascontiguousarray(q.transpose(2, 1, 0))                            # (K, R, S)
-            X[:, a:b] = _matmul_rows(P[:, a:b], q)
+            X[:, a:b] = _matmul_rows(P[:, a:b], table(int(ks[a])))
         C = _angular_ifft(X, Lo, L, workers)
         alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
         a, r = alpha[:, 0], np.deg2rad(alpha[:, 0])

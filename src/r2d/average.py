@@ -473,7 +473,9 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     by ``keep``/``keepsig`` from the previous pass's scores; excluded members can come back),
     with the working reference normalised and masked; finally the reference is centred, the
     transforms composed with the centring shift, and the raw (normalised) particles
-    re-averaged with one interpolation each. ``maxshift`` is appended to the aligner as
+    re-averaged with one interpolation each. With plain ``ccc`` as both ``aligncmp`` and ``cmp`` and
+    no ``ralign``, a member's score is the search's own correlation coefficient over the disc
+    (as e2simmx scores ccc; no second resampling of every member). ``maxshift`` is appended to the aligner as
     e2refine2d does (``n//3`` when None). ``search_weight`` (radial, see
     :func:`r2d.transforms.spectral_snr_weight`) filters the particles and references used for
     alignment and scoring only (r2d addition against reference bias); averages use the
@@ -532,6 +534,11 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
             return whole  # rows are distinct and increasing, so this is every row in order: no copies
         return tuple(v[rows] for v in whole)
 
+    # plain ccc for both the search and the score, no refinement: the search's own correlation
+    # coefficient is the score (as e2simmx's ccc), without resampling every member again
+    search_scored = (cmp.name == "ccc" and not cmp.params and ralign is None
+                     and _plain_ccc(aligncmp))
+
     def run_align(Xs, lab, refs, ref_repr=None, scored=True):
         """Align search images ``Xs`` to ``refs[lab]``; return the alignment and the scores
         (None when not ``scored``)."""
@@ -540,6 +547,8 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                   apix=apix, workers=workers)
         if not scored:
             return a, None
+        if search_scored:
+            return a, a.score  # ccc from the search itself: the correlation coefficient over the disc
         moved_s = tf.transform(Xs, a.alpha, a.tx, a.ty, a.mirror, workers=workers)
         score = compare(moved_s, frefs[lab], cmp, apix=apix, ptcl_repr=None if ref_repr is None else ref_repr[lab])
         return a, score
@@ -628,6 +637,11 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         n_excluded=(counts - ptcl_repr)[nonempty], mean_score=mean_score[nonempty], fsc=fsc[nonempty],
         resolution=resolution[nonempty], ctf_corrected=ctf is not None,
     )
+
+
+def _plain_ccc(option) -> bool:
+    opt = parse(option, "comparator") if isinstance(option, str) else option
+    return opt.name == "ccc" and not opt.params
 
 
 def _phase_flip(images: np.ndarray, ctf: ParticleCTF, *, workers: int = 1, batch: int | None = None) -> np.ndarray:
