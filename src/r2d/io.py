@@ -737,6 +737,36 @@ def write_mrcs(path, images, pixel_size: float | None = None) -> None:
                 mrc.voxel_size = float(pixel_size)
 
 
+@contextlib.contextmanager
+def new_mrcs(path, shape, pixel_size: float | None = None) -> Iterator[np.ndarray]:
+    """Create an MRC image stack ``shape = (n, ny, nx)`` (mode 2 float32) and yield its data as
+    a writable memory map: fill it block by block (only what is being written is in memory);
+    on normal exit the file is renamed into place (:func:`atomic_write`)."""
+    with atomic_write(path) as tmp:
+        with mrcfile.new_mmap(tmp, shape=tuple(int(v) for v in shape), mrc_mode=2, overwrite=True) as mrc:
+            mrc.set_image_stack()
+            if pixel_size is not None:
+                mrc.voxel_size = float(pixel_size)
+            yield mrc.data
+            _header_stats(mrc)
+
+
+def _header_stats(mrc, block: int = 1024) -> None:
+    """min, max, mean and rms of an MRC file's data in the header, read ``block`` images at a
+    time (mrcfile's own update would make full-size temporaries)."""
+    d = mrc.data
+    lo, hi, s1, s2 = np.inf, -np.inf, 0.0, 0.0
+    for i in range(0, len(d), block):
+        b = np.asarray(d[i:i + block], dtype=np.float64)
+        lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
+        s1 += float(b.sum())
+        s2 += float(np.square(b).sum())
+    n = d.size
+    mean = s1 / n
+    mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = lo, hi, mean
+    mrc.header.rms = float(np.sqrt(max(s2 / n - mean**2, 0.0)))
+
+
 # ----------------------------------------------------------------------------- matrix files
 def write_matrix(path, datasets: dict[str, np.ndarray], attrs: dict | None = None) -> None:
     """Write an HDF5 file with one dataset per key of `datasets` (str arrays stored as UTF-8) and

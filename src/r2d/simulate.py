@@ -287,8 +287,10 @@ def render(
     amp_contrast: float = 0.1,
     seed: int = 0,
     batch: int = 256,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Noise-free images ``(N, box, box)`` float32 for a truth table (``draw_truth``).
+    """Noise-free images ``(N, box, box)`` float32 for a truth table (``draw_truth``), written
+    into ``out`` when given (e.g. a memory-mapped MRC stack: then only one batch is in memory).
 
     Particle rows: projection, shift, then CTF (``ctf``: None, ``"flip"`` = multiply by |CTF|,
     ``"full"`` = multiply by CTF), all on the padded grid before cropping. Junk rows get
@@ -311,7 +313,8 @@ def render(
         junk_rng = np.random.default_rng([seed, 1])
         scale = float(proj.project(np.eye(3)[None], box)[0].std())
 
-    out = np.empty((n, box, box), dtype=np.float32)
+    if out is None:
+        out = np.empty((n, box, box), dtype=np.float32)
     for s in range(0, n, batch):
         rows = np.arange(s, min(n, s + batch))
         jb = junk[rows]
@@ -366,10 +369,30 @@ def simulate(
                        defocus=defocus, astigmatism=astigmatism, junk_fraction=junk_fraction)
     clean = render(volume, truth, box, pixel_size, ctf=ctf, voltage=voltage, cs=cs,
                    amp_contrast=amp_contrast, seed=seed)
-    junk = truth["junk"].to_numpy()
-    ref = clean[~junk] if (~junk).any() else clean
-    signal_var = float(ref.reshape(len(ref), -1).var(axis=1, dtype=np.float64).mean())
-    sigma = np.sqrt(signal_var / snr)
-    noise = np.random.default_rng([seed, 2]).standard_normal(clean.shape, dtype=np.float32)
-    images = clean + np.float32(sigma) * noise
+    images = clean.copy()
+    add_noise(images, truth, snr, seed)
     return (images, truth, clean) if return_clean else (images, truth)
+
+
+def signal_variance(clean: np.ndarray, truth: pd.DataFrame, block: int = 4096) -> float:
+    """Mean over the non-junk images (all images if every one is junk) of each noise-free
+    image's variance over the box, read ``block`` images at a time."""
+    junk = truth["junk"].to_numpy(dtype=bool)
+    rows = np.flatnonzero(~junk) if (~junk).any() else np.arange(len(clean))
+    var = np.empty(len(rows))
+    for lo in range(0, len(rows), block):
+        r = rows[lo:lo + block]
+        var[lo:lo + block] = np.asarray(clean[r]).reshape(len(r), -1).var(axis=1, dtype=np.float64)
+    return float(var.mean())
+
+
+def add_noise(images: np.ndarray, truth: pd.DataFrame, snr: float, seed: int, block: int = 4096) -> None:
+    """Add white Gaussian noise of variance ``signal_variance / snr`` to noise-free ``images``
+    in place (an array or a writable memory map), ``block`` images at a time; the noise is
+    ``default_rng([seed, 2]).standard_normal`` drawn in image order (the same numbers for any
+    ``block``)."""
+    sigma = np.float32(np.sqrt(signal_variance(images, truth, block) / snr))
+    rng = np.random.default_rng([seed, 2])
+    for lo in range(0, len(images), block):
+        hi = min(len(images), lo + block)
+        images[lo:hi] += sigma * rng.standard_normal((hi - lo,) + images.shape[1:], dtype=np.float32)

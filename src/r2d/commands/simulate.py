@@ -35,9 +35,9 @@ import pandas as pd
 import starfile
 
 from r2d.errors import ConfigError, InputError
-from r2d.io import atomic_write, write_mrcs
+from r2d.io import atomic_write, new_mrcs
 from r2d.phantom import phantom_volume
-from r2d.simulate import simulate
+from r2d.simulate import add_noise, draw_truth, render
 
 log = logging.getLogger(__name__)
 
@@ -162,25 +162,28 @@ def main(args: argparse.Namespace) -> int:
         source = args.map
     ctf = None if args.ctf == "none" else args.ctf
     t0 = time.perf_counter()
-    images, truth, clean = simulate(
-        vol, args.n, args.box, apix, snr=args.snr, shift_max=args.shift, ctf=ctf,
-        defocus=tuple(args.defocus), astigmatism=args.astigmatism, voltage=args.voltage,
-        cs=args.cs, amp_contrast=args.amp_contrast, seed=args.seed, junk_fraction=args.junk,
-        return_clean=True,
-    )
-    log.info("simulated %d images of %d px from %s in %.1f s", args.n, args.box, source,
-             time.perf_counter() - t0)
+    # streamed into memory-mapped stacks: memory stays one batch of images, whatever --n
+    truth = draw_truth(args.n, np.random.default_rng([args.seed, 0]), shift_max=args.shift, ctf=ctf,
+                       defocus=tuple(args.defocus), astigmatism=args.astigmatism, junk_fraction=args.junk)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    write_mrcs(out / "particles.mrcs", images, apix)
+    shape = (args.n, args.box, args.box)
+    with new_mrcs(out / "particles.mrcs", shape, apix) as images:
+        render(vol, truth, args.box, apix, ctf=ctf, voltage=args.voltage, cs=args.cs,
+               amp_contrast=args.amp_contrast, seed=args.seed, out=images)
+        if args.write_clean:
+            with new_mrcs(out / "clean.mrcs", shape, apix) as clean:
+                for lo in range(0, args.n, 4096):
+                    clean[lo:lo + 4096] = images[lo:lo + 4096]
+        add_noise(images, truth, args.snr, args.seed)
+    log.info("simulated %d images of %d px from %s in %.1f s", args.n, args.box, source,
+             time.perf_counter() - t0)
     tables = star_tables(truth, "particles.mrcs", args.box, apix, ctf, args.voltage, args.cs,
                          args.amp_contrast)
     with atomic_write(out / "particles.star") as tmp:
         starfile.write(tables, tmp, float_format="%.6f")
     with atomic_write(out / "truth.tsv") as tmp:
         truth.to_csv(tmp, sep="\t", index=False)
-    if args.write_clean:
-        write_mrcs(out / "clean.mrcs", clean, apix)
     log.info("wrote %s/particles.mrcs, particles.star, truth.tsv%s", out,
              ", clean.mrcs" if args.write_clean else "")
     return 0
