@@ -164,6 +164,17 @@ def test_one_view_averages_to_the_noise_free_projection(projector):
     assert ok.mean() > 0.9
 
 
+def test_plain_ccc_scores_are_correlation_coefficients(projector):
+    """With plain ccc (and no refine, also when given as the command line's "None") a
+    member's score is the search's correlation coefficient: in [-1, 1], negative for members
+    that match, and the same whichever way "no refine" is spelled."""
+    parts, _, _, _ = members(projector, 60, snr=0.5, seed=3)
+    a = class_averages(parts, np.zeros(60, int), iterations=1, averager="mean", apix=APIX, ralign=None)
+    b = class_averages(parts, np.zeros(60, int), iterations=1, averager="mean", apix=APIX, ralign="None")
+    np.testing.assert_array_equal(a.score, b.score)
+    assert np.all((a.score >= -1.0) & (a.score <= 1.0)) and np.median(a.score) < -0.2
+
+
 def test_classkeep_excludes_intruders(projector):
     """20 % of the members are projections from other views; classkeep 0.8 drops ≥ 80 % of them."""
     parts, _, intr, _ = members(projector, 200, snr=0.1, seed=2, n_intruders=40)

@@ -23,8 +23,13 @@ How the search works (no Python loop over particles or angles):
 Large shift ranges are searched as a tree (:func:`search`): steps 1–4 over the whole range
 on Fourier-downsampled images (:func:`coarse_factor`), then at every factor of two up to the
 full images all angles and the shifts within ``LOCAL_RADIUS`` px of the previous level's
-answer, for the kept mirror, with every pair's particle Fourier-shifted by that answer
-(:func:`_local_level`).
+answer, for the kept mirror, with every pair's particle shifted by that answer (whole pixels
+by a circular gather, the rest, in quarter pixels, as an offset of the polar sampling points;
+:func:`_local_level`).
+
+Every value computed for a pair depends only on its particle and reference, never on the
+other pairs in the call (sums run along axes that do not mix images), so chunked runs are
+bit-identical to unchunked ones.
 
 Rotating the particle by ``alpha`` moves polar sample ``θ+alpha`` to ``θ``, so a correlation peak at
 angular lag ``τ`` gives ``alpha = τ·360/L``; the shifted reference ``ref(p + s)`` matched by

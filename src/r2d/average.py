@@ -536,6 +536,8 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
 
     # plain ccc for both the search and the score, no refinement: the search's own correlation
     # coefficient is the score (as e2simmx's ccc), without resampling every member again
+    if isinstance(ralign, str):
+        ralign = parse(ralign, "aligner")  # "None" (the command line's) → None
     search_scored = (cmp.name == "ccc" and not cmp.params and ralign is None
                      and _plain_ccc(aligncmp))
 
