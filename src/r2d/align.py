@@ -124,27 +124,24 @@ def polar_matrix(n: int, L: int, mirror: bool = False, ox: float = 0.0, oy: floa
     )
 
 
-def _columns(images: np.ndarray, rows, sx, sy, *, circular: bool) -> np.ndarray:
+def _columns(images: np.ndarray, rows, sx, sy, *, circular: bool, pad: int = 0) -> np.ndarray:
     """``(n², B)`` float32 image columns: column ``j`` is image ``rows[j]`` sampled at
     ``q + (sx[j], sy[j])`` for every pixel ``q`` (whole-pixel shifts), wrapped around the box
-    (``circular``: exactly a Fourier shift by ``-s``) or zero outside it. One gather, in the
+    (``circular``: exactly a Fourier shift by ``-s``) or zero outside it (then ``images`` come
+    zero-padded by ``pad ≥ |s|`` px on every side, box ``n + 2·pad``). One gather, in the
     layout the polar resampling matrix multiplies."""
-    N, n, _ = images.shape
+    m = images.shape[-1]
+    n = m - 2 * pad
     rows = np.asarray(rows, dtype=np.int64)
     sx = np.rint(np.asarray(sx, dtype=np.float64)).astype(np.int64)
     sy = np.rint(np.asarray(sy, dtype=np.float64)).astype(np.int64)
     ar = np.arange(n)
-    y = ar[:, None] + sy[None, :]                                              # (n, B)
-    x = ar[:, None] + sx[None, :]
+    y = ar[:, None] + sy[None, :] + pad                                        # (n, B)
+    x = ar[:, None] + sx[None, :] + pad
     if circular:
-        flat = images.reshape(-1)
-        idx = rows * (n * n) + (y % n)[:, None, :] * n + (x % n)[None, :, :]
-        return np.take(flat, idx.reshape(n * n, -1))
-    p = int(max(np.abs(sx).max(initial=0), np.abs(sy).max(initial=0)))
-    m = n + 2 * p
-    flat = np.pad(images, ((0, 0), (p, p), (p, p))).reshape(-1) if p else images.reshape(-1)
-    idx = rows * (m * m) + (y + p)[:, None, :] * m + (x + p)[None, :, :]
-    return np.take(flat, idx.reshape(n * n, -1))
+        y, x = y % n, x % n
+    idx = rows * (m * m) + y[:, None, :] * m + x[None, :, :]
+    return np.take(images.reshape(-1), idx.reshape(n * n, -1))
 
 
 def _ring_weights(n: int) -> np.ndarray:
@@ -206,11 +203,13 @@ def polar_ft(images: np.ndarray, L: int, shifts=None, mirror: bool = False, work
     ms = shifts * ([-1.0, 1.0] if mirror else [1.0, 1.0])
     rows = np.repeat(np.arange(N), S)
     sx, sy = np.tile(ms[:, 0], N), np.tile(ms[:, 1], N)
+    p = int(np.abs(ms).max(initial=0))
+    padded = np.pad(images, ((0, 0), (p, p), (p, p))) if p else images  # padded once for all blocks
     out = np.empty((N * S, R, K), dtype=np.complex64)
     B = _block_len(n)
     for lo in range(0, N * S, B):
         sl = slice(lo, min(N * S, lo + B))
-        cols = _columns(images, rows[sl], sx[sl], sy[sl], circular=False)
+        cols = _columns(padded, rows[sl], sx[sl], sy[sl], circular=False, pad=p)
         out[sl] = _polar_block(cols, n, L, K, mirror, workers).transpose(2, 0, 1)
     return out.reshape(N, S, R, K)
 
@@ -230,28 +229,18 @@ def _spectra(images: np.ndarray, L: int, K: int, rows=None, dx=None, dy=None, wo
     N, n, _ = images.shape
     rows = np.arange(N) if rows is None else np.asarray(rows)
     out = np.empty((K, len(rows), n // 2 - 1), dtype=np.complex64)
-    if dx is None:
-        di = np.zeros((2, len(rows)))
-        frac = np.zeros(len(rows), dtype=np.int64)
-    else:
-        q = np.rint(np.stack([dx, dy]) / SUBPIXEL_STEP) * SUBPIXEL_STEP        # (2, B)
-        di = np.rint(q)
-        steps = int(round(1 / SUBPIXEL_STEP))
-        fi = np.rint((q - di) * steps).astype(np.int64) + steps               # 0 … 2·steps
-        frac = fi[0] * (2 * steps + 1) + fi[1]
+    d = np.zeros((2, len(rows))) if dx is None else _quantised(np.stack([dx, dy]))   # (2, B)
+    di = np.rint(d)
+    # one group per sub-pixel offset d - di (in SUBPIXEL_STEP steps): the whole-pixel-shifted
+    # image is sampled at p - (d - di)
+    offsets, group = np.unique((d - di).T, axis=0, return_inverse=True)
     B = _block_len(n)
-    order = np.argsort(frac, kind="stable")
-    cut = np.r_[0, np.flatnonzero(np.diff(frac[order])) + 1, len(rows)]
-    for a, b in zip(cut[:-1], cut[1:]):
-        sel = order[a:b]
-        if dx is None:
-            off = (0.0, 0.0)
-        else:  # sample the whole-pixel-shifted image at p - (d - di)
-            off = tuple(-float(v) for v in (q[:, sel[0]] - di[:, sel[0]]))
+    for g, (fx, fy) in enumerate(offsets):
+        sel = np.flatnonzero(group.ravel() == g)
         for lo in range(0, len(sel), B):
             s_ = sel[lo:lo + B]
             cols = _columns(images, rows[s_], -di[0, s_], -di[1, s_], circular=True)
-            out[:, s_] = _polar_block(cols, n, L, K, False, workers, off).transpose(1, 2, 0)
+            out[:, s_] = _polar_block(cols, n, L, K, False, workers, (-float(fx), -float(fy))).transpose(1, 2, 0)
     return out
 
 
