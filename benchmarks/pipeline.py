@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--averager", default=None, help="classaverager (default: the workflow's default)")
     ap.add_argument("--ctf", default="flip", choices=["flip", "full"], help="CTF of the simulated data")
     ap.add_argument("--phantom", action="store_true", help="use r2d's phantom instead of the 70S map")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config value (YAML), e.g. --set mramaxshift=12; repeatable")
     ap.add_argument("--workdir", default="/tmp/r2d-bench")
     ap.add_argument("--snakefile", default=str(REPO / "Snakefile"), help="workflow to run (default: this checkout's)")
     args = ap.parse_args()
@@ -57,6 +59,9 @@ def main() -> int:
            "nbasisfp": 12, "threads": args.cores, "seed": args.seed}
     if args.averager:
         cfg["classaverager"] = args.averager
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        cfg[key] = yaml.safe_load(value)
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     t0 = time.time()
     subprocess.run([BIN / "snakemake", "-s", args.snakefile, "--workflow-profile", "none",

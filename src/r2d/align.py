@@ -582,7 +582,7 @@ def _band(refs, L, shifts, mirrors, workers) -> int:
 
 def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mirror: bool = True,
            rotate: bool = True, pairs: np.ndarray | None = None, candidates: int | None = None,
-           workers: int = 1):
+           prior=None, workers: int = 1):
     """Search ``T(particle) ≈ reference`` over angle, shift ``|t| ≤ maxshift`` and mirror.
 
     Coarse to fine when ``maxshift > 4``: an exhaustive search on Fourier-downsampled
@@ -598,6 +598,13 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     candidates : all versus all with a coarse level only: search only each particle's
         ``candidates`` best references (by coarse correlation) at full resolution; the
         others get ``corr = -inf`` and a zero transform (a pruned tree search).
+    prior : ``(alpha, tx, ty, mirror)`` of an earlier answer, pairwise only (each ``(N,)``):
+        a local search instead, at full size only (:func:`_local_level`): all angles and the
+        shifts within ``LOCAL_RADIUS`` px of the prior's particle offset ``R⁻¹t`` (the mirror
+        acts after rotation and translation, so the offset holds for either mirror); both mirrors
+        when ``mirror``, else the prior's; a second time around answers whose offset moved more
+        than 0.5 px. For repeated
+        alignment to a reference that changed little (the passes of class averaging).
 
     Returns ``(alpha, tx, ty, mirror, corr)``; ``corr`` is the correlation coefficient over
     the disc at the optimum (higher is better).
@@ -607,6 +614,39 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     N, n, _ = particles.shape
     mirrors = [False, True] if mirror else [False]
     nm = len(mirrors)
+    if prior is not None:
+        if pairs is None:
+            raise ValueError("a prior (local search) needs pairs")
+        a0, x0, y0, m0 = (np.asarray(v, dtype=np.float64).reshape(N) for v in prior)
+        m0 = np.where(mirror, m0, 0).astype(np.int64)
+        if not rotate:
+            a0 = np.zeros(N)
+        pairs = np.asarray(pairs)
+
+        def centre(a, x, y):  # the particle's own offset R_a⁻¹t, as _local_level shifts it
+            r = np.deg2rad(a)
+            return np.cos(r) * x - np.sin(r) * y, np.sin(r) * x + np.cos(r) * y
+
+        c0 = centre(a0, x0, y0)
+        # both mirrors around the same particle offset when the aligner flips, else the prior's
+        pi = np.r_[np.arange(N), np.arange(N)] if mirror else np.arange(N)
+        mi = np.r_[m0, 1 - m0] if mirror else m0
+        mirrors = [False, True] if mi.any() else [False]
+        a, x, y, c = _local_level(particles, refs, pi, pairs[pi], mi, a0[pi], x0[pi], y0[pi], rotate, mirrors,
+                                  workers)
+        # answers that moved more than half a pixel sat off the grid's centre, where the peak
+        # interpolation is least accurate: once more around them
+        cn = centre(a, x, y)
+        far = np.flatnonzero(np.hypot(cn[0] - c0[0][pi], cn[1] - c0[1][pi]) > 0.5)
+        if len(far):
+            a[far], x[far], y[far], c[far] = _local_level(particles, refs, pi[far], pairs[pi[far]], mi[far], a[far],
+                                                          x[far], y[far], rotate, mirrors, workers)
+        if mirror:
+            pick = np.where(c[N:] > c[:N], np.arange(N) + N, np.arange(N))
+            a, x, y, c, m0 = a[pick], x[pick], y[pick], c[pick], mi[pick]
+        r = np.hypot(x, y)  # the prior may have been at the bound: stay within it
+        lim = np.where(r > maxshift, maxshift / np.maximum(r, 1e-12), 1.0) if maxshift > 0 else np.zeros(N)
+        return a, x * lim, y * lim, m0.astype(np.float64), c
     f = coarse_factor(n, maxshift)
     if f == 1:
         L = n_angles(n)
@@ -714,14 +754,15 @@ def _search_kwargs(opt: Option, n: int) -> dict:
 def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, pairs=None,
           ralign: Option | str | None = None, raligncmp: Option | str | None = None,
           shrink: int = 1, apix: float | None = None, ref_ptcl_repr=None, candidates: int | None = None,
-          workers: int = 1) -> Alignment:
+          prior=None, workers: int = 1) -> Alignment:
     """Align particles to references with an EMAN2-named aligner and score with ``cmp``.
 
     Returns an :class:`Alignment` with ``T(particle) ≈ reference`` and
     ``score = cmp(particle, T⁻¹(reference))`` (the particle stays unresampled, as in
     e2simmx). For plain ``ccc`` the score is ``−corr``, the search's own correlation
     coefficient over the disc ``r < n/2 − 1`` (no second resampling). ``shrink > 1`` Fourier-downsamples both stacks for the search and scales the
-    translations back. ``pairs`` as in :func:`search`.
+    translations back. ``pairs``, ``candidates`` and ``prior`` (a local search around an
+    earlier answer) as in :func:`search`.
     """
     aligner = parse(aligner, "aligner") if isinstance(aligner, str) else aligner
     cmp = parse(cmp, "comparator") if isinstance(cmp, str) else cmp
@@ -737,7 +778,10 @@ def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, 
         sr_ = tf.fourier_crop(refs, m, workers=workers)
         f = n / m
         kw["maxshift"] = kw["maxshift"] / f
-    alpha, tx, ty, mir, corr = search(sp_, sr_, pairs=pairs, candidates=candidates, workers=workers, **kw)
+        if prior is not None:
+            prior = (prior[0], np.asarray(prior[1]) / f, np.asarray(prior[2]) / f, prior[3])
+    alpha, tx, ty, mir, corr = search(sp_, sr_, pairs=pairs, candidates=candidates, prior=prior, workers=workers,
+                                      **kw)
     tx, ty = tx * f, ty * f
     ralign = parse(ralign, "aligner") if isinstance(ralign, str) else ralign
     refined = ralign is not None

@@ -60,6 +60,18 @@ def exclude_arg():
     return f"--exclude {config['exclude']}" if config["exclude"] else ""
 
 
+def with_maxshift(aligner, maxshift):
+    """The aligner option string with its maxshift set (-1 -> box/8, the class averages being centred)."""
+    from r2d.options import Option, parse
+
+    a = parse(aligner, "aligner")
+    if maxshift is None or maxshift < 0:
+        if "box" not in INPUT_FACTS:
+            return aligner
+        maxshift = INPUT_FACTS["box"] / 8
+    return str(Option(a.name, {**a.params, "maxshift": float(maxshift)}))
+
+
 def opt(value):
     """An EMAN2 option string for the shell, quoted; None/null -> 'None'."""
     return "'None'" if value in (None, "", "None") else f"'{value}'"

@@ -10,6 +10,14 @@ SIMMX_ARGS = " ".join(
 )
 
 
+# mra (particles vs the previous iteration's centred class averages): the same options, with
+# the translation search limited to mramaxshift
+MRA_ARGS = SIMMX_ARGS.replace(
+    f"--align {opt(config['simalign'])} ",
+    f"--align {opt(with_maxshift(config['simalign'], config['mramaxshift']))} ",
+)
+
+
 rule allrefs:
     input:
         prev_classes,
@@ -124,7 +132,7 @@ rule simmx:
 
 use rule simmx_chunk as mra_chunk with:
     input:
-        refs=art("allrefs_{it}.hdf"),
+        refs=prev_classes,
         particles=config["input"],
         exclude=exclude_input,
     output:
@@ -139,8 +147,8 @@ use rule simmx_chunk as mra_chunk with:
             "mra_chunk", "mra_chunk", chunked=True, threads=config["threads"]
         ),
     params:
-        opts=SIMMX_ARGS,
-        candidates=f"--candidates {config['mracandidates']}",
+        opts=MRA_ARGS,
+        candidates=f"--candidates {config['mracandidates']} --center",
 
 
 rule mra:

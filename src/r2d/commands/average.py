@@ -1,7 +1,8 @@
 """Iterative class averaging (steps 0f and 10: ``classes_init``, ``classes_YY``), as e2classaverage.
 
-Reads the particle stack and a ``classmx`` file (only its ``class`` column is used; every
-particle is realigned from scratch) and writes one average per non-empty class to an image
+Reads the particle stack and a ``classmx`` file (its ``class`` column; with ``--prior`` also
+the transforms of the rows marked ``aligned``, as a start for those classes instead of the
+bootstrap) and writes one average per non-empty class to an image
 stack. Headers: ``class_id``, ``ptcl_repr``, ``class_ptcl_idxs`` (input indices averaged),
 ``exc_class_ptcl_idxs`` (members excluded by classkeep), ``class_ptcl_qual(_sigma)``,
 ``n_kept``, ``n_excluded``, ``mean_score``, ``resolution`` (Å, even/odd half-set FSC = 0.143),
@@ -36,6 +37,11 @@ def add_args(p):
     p.add_argument("--resultmx", help="also write the per-particle result table (.h5)")
     p.add_argument("--apix", type=float, default=None, help="pixel size (Å) if the stack has none")
     add_class_args(p)
+    p.add_argument("--prior", action="store_true",
+                   help="start from classmx's transforms where its 'aligned' column is 1 (classmx of the "
+                        "multi-reference assignment: each particle aligned to its class's previous average) "
+                        "instead of bootstrapping those classes (faster; the workflow does not: worse "
+                        "averages on the 70S benchmark)")
     add_threads(p)
 
 
@@ -61,13 +67,21 @@ def main(args):
     parts = ParticleRows(stack, particle)  # read block by block: memory does not grow with the stack
     label = np.where(parts.bad(), -1, cmx["class"])  # NaN/Inf or blank particles are never averaged in
     apix = stack.pixel_size or args.apix
+    prior = None
+    if args.prior and "aligned" in cmx:
+        ok = cmx["aligned"] > 0
+        prior = tuple(np.where(ok, cmx[k], np.nan) for k in ("dalpha", "dx", "dy", "mirror"))
+        log.info("%d of %d classified particles start from classmx's alignment", int((ok & (label >= 0)).sum()),
+                 int((label >= 0).sum()))
+    elif args.prior:
+        log.info("%s has no 'aligned' column (k-means classmx): every class is bootstrapped", args.classmx)
     res = class_averages(
         parts, label, iterations=args.iter, keep=args.keep, keepsig=args.keepsig, aligner=args.align,
         aligncmp=args.aligncmp, ralign=args.ralign, raligncmp=args.raligncmp, cmp=args.cmp,
         averager=args.averager, normproc=args.normproc, center=args.center, automask=args.automask,
         maxshift=args.maxshift, apix=apix, workers=args.threads,
         search_weight=stack_weight(stack, workers=args.threads),
-        ctf=particle_ctf(stack, particle, apix, args.averager),
+        ctf=particle_ctf(stack, particle, apix, args.averager), prior=prior,
     )
     headers = res.headers()
     for h in headers:  # indices into the input stack, not into the rows of classmx

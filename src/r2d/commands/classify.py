@@ -5,7 +5,8 @@ Writes ``classmx`` with datasets ``class`` (int32; −1 = excluded), ``weight`` 
 the transform is the particle → best-aliref one from the projection file (zeros for
 ``classmx_00``). With ``--mra mra_YY.h5`` (r2d's default in iterations, :mod:`r2d.mra`) each
 particle goes to the class average it matches best and the transform brings it into that
-average's frame (``allrefs_YY``); the projection file then only supplies the particle list.
+average's frame (the previous iteration's class averages), ``aligned`` (int8) says where
+it is a real alignment; the projection file then only supplies the particle list.
 
   $ r2d classify r2d_01/input_fp_basis_proj.h5 -o r2d_01/classmx_00.h5 --ncls 32 --seed 1000
 """
@@ -68,6 +69,11 @@ def _main_mra(args, particle, use):
     label = assign(mx["score"], use & np.isfinite(mx["score"]).any(axis=1), mininclass=args.mininclass)
     rows = np.flatnonzero(label >= 0)
     out = {"class": label.astype(np.int32), "weight": (label >= 0).astype(np.float32), "particle": particle}
+    # 1 where the transform is a real alignment to the assigned class (not for particles moved
+    # into a class that their pruned search never reached)
+    aligned = np.zeros(len(label), dtype=np.int8)
+    aligned[rows] = np.isfinite(mx["score"][rows, label[rows]])
+    out["aligned"] = aligned
     for key in ("dx", "dy", "dalpha", "mirror"):
         v = np.zeros(len(label), dtype=np.float32)
         v[rows] = mx[key][rows, label[rows]]

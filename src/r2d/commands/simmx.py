@@ -38,6 +38,9 @@ def add_args(p):
     p.add_argument("--candidates", type=int, default=None,
                    help="full-resolution search only for each particle's best N references of the coarse "
                         "level (the others get score +inf); default: all")
+    p.add_argument("--center", action="store_true",
+                   help="centre the references (xform.center) for the search; the stored transforms "
+                        "still bring the particles into the references' own frame")
     add_exclude(p)
     add_threads(p)
 
@@ -58,6 +61,11 @@ def main(args):
     flat = refs.reshape(A, -1)
     good = flat.std(axis=1) > 0
     repr_ = np.array([h.get("ptcl_repr", 0) for h in heads], dtype=np.float64)
+    cx = cy = np.zeros(A, dtype=int)
+    if args.center:  # a small maxshift then suffices against averages that drifted off-centre
+        from r2d.average import center_shift
+        cx, cy = center_shift(refs, "xform.center")
+        refs = tf.integer_shift(refs, cx, cy)
     weight = stack_weight(stack, workers=args.threads)
     refs = tf.radial_filter(refs, weight)
     for blo, bhi in blocks(len(todo), io.image_block(stack.box), "simmx"):
@@ -70,7 +78,11 @@ def main(args):
                   shrink=args.shrink, apix=stack.pixel_size, candidates=args.candidates, ref_ptcl_repr=repr_[good], workers=args.threads)
         rows = sel - lo
         cols = np.flatnonzero(good)
-        for key, v in (("score", a.score), ("dx", a.tx), ("dy", a.ty), ("dalpha", a.alpha), ("mirror", a.mirror)):
+        alpha, tx, ty, mirror = a.params()
+        if args.center:  # T = shift(-c) ∘ T_centred: into the given references' frame
+            alpha, tx, ty, mirror = tf.compose((alpha, tx, ty, mirror), (0.0, -cx[cols], -cy[cols], 0.0))
+            alpha, tx, ty = (np.where(np.isneginf(a.corr), 0.0, v) for v in (alpha, tx, ty))
+        for key, v in (("score", a.score), ("dx", tx), ("dy", ty), ("dalpha", alpha), ("mirror", mirror)):
             out[key][np.ix_(rows, cols)] = v
     out["score"] = np.where(np.isfinite(out["score"]) | np.isin(idx, excl)[:, None], out["score"], 1e24)
     out["particle"] = idx.astype(np.int64)
