@@ -634,16 +634,16 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
         mirrors = [False, True] if mi.any() else [False]
         a, x, y, c = _local_level(particles, refs, pi, pairs[pi], mi, a0[pi], x0[pi], y0[pi], rotate, mirrors,
                                   workers)
-        # answers that moved more than half a pixel sat off the grid's centre, where the peak
-        # interpolation is least accurate: once more around them
-        cn = centre(a, x, y)
-        far = np.flatnonzero(np.hypot(cn[0] - c0[0][pi], cn[1] - c0[1][pi]) > 0.5)
-        if len(far):
-            a[far], x[far], y[far], c[far] = _local_level(particles, refs, pi[far], pairs[pi[far]], mi[far], a[far],
-                                                          x[far], y[far], rotate, mirrors, workers)
-        if mirror:
+        if mirror:  # the better mirror of each pair
             pick = np.where(c[N:] > c[:N], np.arange(N) + N, np.arange(N))
             a, x, y, c, m0 = a[pick], x[pick], y[pick], c[pick], mi[pick]
+        # answers whose offset moved more than half a pixel sat off the grid's centre, where the
+        # peak interpolation is least accurate: once more around them
+        cn = centre(a, x, y)
+        far = np.flatnonzero(np.hypot(cn[0] - c0[0], cn[1] - c0[1]) > 0.5)
+        if len(far):
+            a[far], x[far], y[far], c[far] = _local_level(particles, refs, far, pairs[far], m0[far], a[far], x[far],
+                                                          y[far], rotate, mirrors, workers)
         r = np.hypot(x, y)  # the prior may have been at the bound: stay within it
         lim = np.where(r > maxshift, maxshift / np.maximum(r, 1e-12), 1.0) if maxshift > 0 else np.zeros(N)
         return a, x * lim, y * lim, m0.astype(np.float64), c
