@@ -144,7 +144,7 @@ def _check_file(path: Path, what: str = "file") -> None:
 
 
 class _MrcFile:
-    """Header of one MRC file; images read through a read-only np.memmap."""
+    """Header of one MRC file; images read with plain file reads (:meth:`read`)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -194,12 +194,31 @@ class _MrcFile:
         return mode in _MRC_MODES and all(0 < v < 1 << 24 for v in (nx, ny, nz))
 
     def read(self, idx: np.ndarray) -> np.ndarray:
-        expected = self.offset + self.n * self.box * self.box * self.dtype.itemsize
+        """Images ``idx`` as float32 ``(k, box, box)``, in the order given.
+
+        Plain reads of each run of consecutive images (a block is one read), not a memory map:
+        the kernel maps the pages around every touched page of a mapped file that is in the page
+        cache into the process, so reading a few thousand scattered particles of a freshly
+        written 6.5 GB stack through ``np.memmap`` showed 3.5 GB resident.
+        """
+        idx = np.asarray(idx, dtype=np.intp).reshape(-1)
+        nb, px = self.box * self.box * self.dtype.itemsize, self.box * self.box
+        out = np.empty((len(idx), self.box, self.box), dtype=np.float32)
+        if len(idx) == 0:
+            return out
+        order = np.argsort(idx, kind="stable")
+        s = idx[order]
+        cut = np.flatnonzero(np.diff(s) != 1) + 1
         try:
-            mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
-                           shape=(self.n, self.box, self.box))
-            return np.array(mm[idx], dtype=np.float32, order="C")
-        except (OSError, ValueError) as exc:
+            with open(self.path, "rb") as fh:
+                for a, b in zip(np.r_[0, cut], np.r_[cut, len(s)]):  # runs of consecutive images
+                    fh.seek(self.offset + int(s[a]) * nb)
+                    data = np.fromfile(fh, dtype=self.dtype, count=(b - a) * px)
+                    if data.size < (b - a) * px:
+                        raise EOFError
+                    out[order[a:b]] = data.reshape(b - a, self.box, self.box)
+        except (OSError, EOFError) as exc:
+            expected = self.offset + self.n * nb
             try:
                 size = self.path.stat().st_size
             except OSError:
@@ -209,6 +228,7 @@ class _MrcFile:
                                  f"implies {expected} bytes, file has {size} (it shrank while r2d was "
                                  "reading it); re-copy or re-extract it") from None
             raise InputError(f"{self.path}: cannot read images ({exc}); check the file") from None
+        return out
 
 
 class _HdfFile:
@@ -308,7 +328,7 @@ def image_problems(images: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- Stack
 class Stack:
-    """A particle stack opened lazily (never loaded whole; MRC files are memory-mapped read-only).
+    """A particle stack opened lazily (never loaded whole; images are read as they are asked for).
 
     Attributes: ``path``, ``n`` (= ``len(stack)``), ``box``, ``shape`` = ``(n, box, box)``,
     ``pixel_size`` (Å/pixel or None), ``metadata`` (per-particle DataFrame for STAR/CS, else None).
