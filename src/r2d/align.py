@@ -467,9 +467,7 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     L = n_angles(n)
     grid = shift_grid(LOCAL_RADIUS)
     K = _band(refs, L, grid, mirrors, workers)
-    ar = np.deg2rad(a0)
-    dx = _quantised(np.cos(ar) * x0 - np.sin(ar) * y0)
-    dy = _quantised(np.sin(ar) * x0 + np.cos(ar) * y0)
+    dx, dy = (_quantised(v) for v in _particle_offset(a0, x0, y0))
     Lo = _out_len(L, K) if rotate else 1
     S = len(grid)
     nbr = _shift_neighbours(grid)
@@ -513,6 +511,13 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
         for o, v in zip(out, (a, tx, ty, cbest[:, 0])):
             o[s_] = v
     return tuple(out)
+
+
+def _particle_offset(alpha, tx, ty):
+    """``d = R_α⁻¹ t``: the shift of the particle in its own frame that a transform
+    ``(alpha, tx, ty)`` implies (the same for either mirror, which acts last)."""
+    ar = np.deg2rad(alpha)
+    return np.cos(ar) * tx - np.sin(ar) * ty, np.sin(ar) * tx + np.cos(ar) * ty
 
 
 def coarse_factor(n: int, maxshift: float) -> int:
@@ -622,12 +627,7 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
         if not rotate:
             a0 = np.zeros(N)
         pairs = np.asarray(pairs)
-
-        def centre(a, x, y):  # the particle's own offset R_a⁻¹t, as _local_level shifts it
-            r = np.deg2rad(a)
-            return np.cos(r) * x - np.sin(r) * y, np.sin(r) * x + np.cos(r) * y
-
-        c0 = centre(a0, x0, y0)
+        c0 = _particle_offset(a0, x0, y0)
         # both mirrors around the same particle offset when the aligner flips, else the prior's
         pi = np.r_[np.arange(N), np.arange(N)] if mirror else np.arange(N)
         mi = np.r_[m0, 1 - m0] if mirror else m0
@@ -639,7 +639,7 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
             a, x, y, c, m0 = a[pick], x[pick], y[pick], c[pick], mi[pick]
         # answers whose offset moved more than half a pixel sat off the grid's centre, where the
         # peak interpolation is least accurate: once more around them
-        cn = centre(a, x, y)
+        cn = _particle_offset(a, x, y)
         far = np.flatnonzero(np.hypot(cn[0] - c0[0], cn[1] - c0[1]) > 0.5)
         if len(far):
             a[far], x[far], y[far], c[far] = _local_level(particles, refs, far, pairs[far], m0[far], a[far], x[far],

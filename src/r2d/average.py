@@ -486,9 +486,10 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     alignment and scoring only (r2d addition against reference bias); averages use the
     unfiltered particles.
 
-    Passes after the first search each member only locally (``local``): all angles and the
-    shifts within ``LOCAL_RADIUS`` px of its previous pass's transform, same mirror
-    (:func:`r2d.align.search` with ``prior``); the reference changes little from pass to pass.
+    Passes after the first search each member only locally (``local``): all angles, both
+    mirrors (for a flipping aligner) and the shifts within ``LOCAL_RADIUS`` px of its previous
+    pass's particle offset (:func:`r2d.align.search` with ``prior``); the reference changes
+    little from pass to pass.
     ``prior`` ``(alpha, tx, ty, mirror)`` (N,) each, NaN where unknown: every member's
     transform into one common frame per class (classmx of the multi-reference assignment:
     into the previous average of its class). Classes whose members all have one skip the
@@ -626,7 +627,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     idx = np.flatnonzero(valid)
     # the passes' images (normalised X and search Xs), prepared once: in memory for one block,
     # else spilled block by block to an anonymous temporary file (memory stays one block)
-    passes = _Prepared(idx, B, lambda rows: (lambda X, Xc, Xs: (X, Xs))(*images(rows)), (n, n))
+    passes = _Prepared(idx, B, lambda rows: images(rows)[::2], (n, n))  # (X, Xs) of (X, Xc, Xs)
     for it in range(iterations + 2):
         if it > 0:
             use = _keep_flags(score, lab, K, keep, keepsig)
@@ -643,12 +644,12 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         for rows, (X, Xs) in passes.blocks():
             sc = np.empty(len(rows))
             params = [np.empty(len(rows)) for _ in range(4)]
-            for part in (near[rows], ~near[rows]):
+            for part, is_local in ((near[rows], True), (~near[rows], False)):
                 if not part.any():
                     continue
                 r = rows[part]
                 a, s_ = run_align(Xs[part], lab[r], ref, counts,
-                                  prior=tuple(p[r] for p in par) if near[r[0]] else None)
+                                  prior=tuple(p[r] for p in par) if is_local else None)
                 sc[part] = s_
                 for q, v in zip(params, a.params()):
                     q[part] = v

@@ -72,6 +72,17 @@ def with_maxshift(aligner, maxshift):
     return str(Option(a.name, {**a.params, "maxshift": float(maxshift)}))
 
 
+def simmx_args(align):
+    """e2simmx options of simmx (particles vs aliref) and mra (particles vs the class averages)."""
+    return " ".join(
+        [
+            f"--align {opt(align)} --aligncmp {opt(config['simaligncmp'])}",
+            f"--ralign {opt(config['simralign'])} --raligncmp {opt(config['simraligncmp'])}",
+            f"--cmp {opt(config['simcmp'])} --shrink {config['shrink']} {exclude_arg()}",
+        ]
+    )
+
+
 def opt(value):
     """An EMAN2 option string for the shell, quoted; None/null -> 'None'."""
     return "'None'" if value in (None, "", "None") else f"'{value}'"

@@ -1,21 +1,9 @@
 """One refinement iteration YY (e2refine2d §1.3, steps 1-10), wildcard {it} = 01..iter."""
 
-# e2simmx options shared by simmx (particles vs aliref) and mra (particles vs allrefs)
-SIMMX_ARGS = " ".join(
-    [
-        f"--align {opt(config['simalign'])} --aligncmp {opt(config['simaligncmp'])}",
-        f"--ralign {opt(config['simralign'])} --raligncmp {opt(config['simraligncmp'])}",
-        f"--cmp {opt(config['simcmp'])} --shrink {config['shrink']} {exclude_arg()}",
-    ]
-)
 
-
-# mra (particles vs the previous iteration's centred class averages): the same options, with
-# the translation search limited to mramaxshift
-MRA_ARGS = SIMMX_ARGS.replace(
-    f"--align {opt(config['simalign'])} ",
-    f"--align {opt(with_maxshift(config['simalign'], config['mramaxshift']))} ",
-)
+SIMMX_ARGS = simmx_args(config["simalign"])
+# mra: the previous iteration's class averages, centred for the search, shifts up to mramaxshift
+MRA_ARGS = simmx_args(with_maxshift(config["simalign"], config["mramaxshift"])) + " --center"
 
 
 rule allrefs:
@@ -148,7 +136,7 @@ use rule simmx_chunk as mra_chunk with:
         ),
     params:
         opts=MRA_ARGS,
-        candidates=f"--candidates {config['mracandidates']} --center",
+        candidates=f"--candidates {config['mracandidates']}",
 
 
 rule mra:

@@ -17,6 +17,7 @@ import numpy as np
 
 from r2d import io
 from r2d.align import align
+from r2d.average import center_shift
 from r2d import transforms as tf
 from r2d.progress import blocks
 from r2d.commands._common import add_exclude, add_threads, read_exclude, read_good_particles, stack_weight
@@ -63,7 +64,6 @@ def main(args):
     repr_ = np.array([h.get("ptcl_repr", 0) for h in heads], dtype=np.float64)
     cx = cy = np.zeros(A, dtype=int)
     if args.center:  # a small maxshift then suffices against averages that drifted off-centre
-        from r2d.average import center_shift
         cx, cy = center_shift(refs, "xform.center")
         refs = tf.integer_shift(refs, cx, cy)
     weight = stack_weight(stack, workers=args.threads)
