@@ -135,7 +135,9 @@ N_USED = max(1, INPUT_FACTS.get("n_used", INPUT_FACTS.get("n", 1)))
 BOX = INPUT_FACTS.get("box", 64)
 CHUNK_N = -(-N_USED // config["chunks"])  # particles of the largest chunk
 IMG_MB = BOX * BOX * 4 / 2**20  # one float32 image
-BLOCK = image_block(BOX)  # particles a per-particle step holds at once (64 MiB of images)
+BLOCK = image_block(
+    BOX
+)  # particles a per-particle step holds at once (64 MiB of images)
 # kind: (A MiB, I images per particle, particles held, s CPU s per particle at 64 px, passes)
 _RES = {
     "input_fp": (0, 3, "subset", 0.001, 1),
@@ -163,7 +165,9 @@ def _override(rule, key):
 def _particles(kind, chunked):
     held = _RES[kind][2]
     n = CHUNK_N if chunked else N_USED
-    if held == "subset":  # the initial stage uses max(2000, 10 ncls) particles (r2d invariants)
+    if (
+        held == "subset"
+    ):  # the initial stage uses max(2000, 10 ncls) particles (r2d invariants)
         return min(n, max(2000, 10 * config["ncls"]))
     return min(n, BLOCK) if held == "block" else n
 

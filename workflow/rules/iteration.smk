@@ -1,9 +1,10 @@
 """One refinement iteration YY (e2refine2d §1.3, steps 1-10), wildcard {it} = 01..iter."""
 
-
 SIMMX_ARGS = simmx_args(config["simalign"])
 # mra: the previous iteration's class averages, centred for the search, shifts up to mramaxshift
-MRA_ARGS = simmx_args(with_maxshift(config["simalign"], config["mramaxshift"])) + " --center"
+MRA_ARGS = (
+    simmx_args(with_maxshift(config["simalign"], config["mramaxshift"])) + " --center"
+)
 
 
 rule allrefs:
