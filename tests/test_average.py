@@ -349,6 +349,19 @@ def test_average_command_with_cryosparc_ctf(tmp_path, caplog):
         assert kept == set(rm["particle"][(rm["class"] == k) & (rm["used"] == 1)])
         assert 8.0 <= h["resolution"] <= 32 * 4.0 and len(h["fsc_half"]) == m // 2 + 1
         assert h["mean_score"] == pytest.approx(rm["score"][(rm["class"] == k) & (rm["used"] == 1)].mean(), rel=1e-5)
+    # in 3 class chunks (one of them empty: 2 classes) merged by `r2d gather`: the same stack and table
+    for i in (1, 2, 3):
+        assert cli(["average", str(tmp_path / "p.cs"), str(tmp_path / "classmx.h5"), "-o",
+                    str(tmp_path / f"c{i}.hdf"), *opts, str(tmp_path / f"r{i}.h5"), "--chunk", f"{i}-of-3"]) == 0
+    assert len(io.read_image_headers(tmp_path / "c3.hdf")) == 0
+    assert cli(["gather", "-o", str(tmp_path / "g.hdf"), *(str(tmp_path / f"c{i}.hdf") for i in (1, 2, 3))]) == 0
+    assert cli(["gather", "-o", str(tmp_path / "g.h5"), *(str(tmp_path / f"r{i}.h5") for i in (1, 2, 3))]) == 0
+    np.testing.assert_array_equal(io.read_image_stack(tmp_path / "g.hdf"), io.read_image_stack(tmp_path / "c.hdf"))
+    assert io.read_image_headers(tmp_path / "g.hdf") == heads
+    g = io.read_matrix(tmp_path / "g.h5")
+    assert g.keys() == rm.keys()
+    for k in rm:
+        np.testing.assert_array_equal(g[k], rm[k], err_msg=k)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert cli(["average", str(tmp_path / "p.mrcs"), str(tmp_path / "classmx.h5"), "-o",
@@ -366,10 +379,39 @@ def test_blocks_do_not_change_the_result(projector):
     runs = [class_averages(parts, label, iterations=2, keep=0.8, apix=APIX, ctf=pctf, block=b)
             for b in (None, 37)]
     a, b = runs
-    np.testing.assert_allclose(a.averages, b.averages, rtol=1e-4, atol=1e-5 * np.abs(a.averages).max())
+    np.testing.assert_array_equal(a.averages, b.averages)  # bit-identical: sums in member order
     np.testing.assert_array_equal(a.used, b.used)
-    for k in ("alpha", "tx", "ty", "mirror"):
-        np.testing.assert_allclose(getattr(a, k), getattr(b, k), atol=1e-4)
+    for k in ("alpha", "tx", "ty", "mirror", "score"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+
+
+def test_class_chunks_give_the_same_classes(projector):
+    """Averaging the classes in 3 chunks (the workflow's classes_chunk jobs: each chunk's
+    classes, the other members labelled −1) gives bit-identical averages, transforms, scores,
+    kept members and FSCs to averaging all at once; the split balances the member counts."""
+    from r2d.average import class_chunks
+
+    parts, _, _, pctf = members(projector, 150, snr=0.5, seed=9, ctf="full")
+    label = np.random.default_rng(3).choice(5, 150, p=[0.4, 0.25, 0.15, 0.1, 0.1])
+    label[7] = -1
+    kw = dict(iterations=2, keep=0.8, apix=APIX, ctf=pctf, block=23)
+    whole = class_averages(parts, label, **kw)
+    chunk = class_chunks(label, 3)
+    counts = np.bincount(label[label >= 0])
+    loads = np.bincount(chunk, weights=counts, minlength=3)
+    assert loads.max() - loads.min() <= counts.max()
+    assert sorted(chunk.tolist()) != [0] * 5 and set(chunk.tolist()) == {0, 1, 2}
+    for c in range(3):
+        mine = (label >= 0) & (chunk[np.maximum(label, 0)] == c)
+        part = class_averages(parts, np.where(mine, label, -1), n_classes=5, **kw)
+        ids = list(part.class_ids)
+        assert ids == sorted(np.flatnonzero(chunk == c).tolist())
+        for j, k in enumerate(ids):
+            w = list(whole.class_ids).index(k)
+            np.testing.assert_array_equal(part.averages[j], whole.averages[w])
+            np.testing.assert_array_equal(part.fsc[j], whole.fsc[w])
+        for key in ("alpha", "tx", "ty", "mirror", "score", "used"):
+            np.testing.assert_array_equal(getattr(part, key)[mine], getattr(whole, key)[mine])
 
 
 def test_centering_finds_the_particle_centre(projector):

@@ -227,7 +227,7 @@ def test_snakemake_slurm_executor(slurm_env, tmp_path):
 WF_CONFIG = {"ncls": 4, "iter": 1, "naliref": 2, "nbasisfp": 3, "classiter": 1, "seed": 7,
              "path": "run", "input": "data/particles.star"}
 WF_RESOURCES = {"simmx_chunk": {"mem_mb": 700}, "mra_chunk": {"mem_mb": 800, "runtime": 15},
-                "classes": {"mem_mb": 900}}
+                "classes_chunk": {"mem_mb": 900}}
 SET_RESOURCES = ["input_proj_chunk:mem_mb=600", "input_proj_chunk:runtime=12"]
 SET_EXPECTED = {"input_proj_chunk": {"mem_mb": 600, "runtime": 12}}
 SLURM_FLAGS = [
@@ -282,8 +282,9 @@ def test_r2d_workflow_through_slurm_profile(slurm_env, tmp_path):
     base = [snakemake, "-s", REPO / "Snakefile", "--directory", runs["slurm"], "--set-resources", *SET_RESOURCES]
     dry = _run([*base, "--workflow-profile", "none", "--cores", str(threads), "-n"], env, timeout=120)
     planned = _planned(dry.stdout + dry.stderr)
-    chunk_jobs = [k for k in planned if re.match(r"rule_(simmx|mra|input_proj)_chunk_", k)]
-    assert len(chunk_jobs) == 9, sorted(planned)
+    # 3 chunks of each scattered step: simmx, mra, input_proj, classes_init and classes
+    chunk_jobs = [k for k in planned if re.match(r"rule_(simmx|mra|input_proj|classes_init|classes)_chunk_", k)]
+    assert len(chunk_jobs) == 15, sorted(planned)
     for key, want in planned.items():
         rule = re.sub(r"_wildcards_.*", "", key.removeprefix("rule_"))
         over = {**WF_RESOURCES.get(rule, {}), **SET_EXPECTED.get(rule, {})}
@@ -317,7 +318,7 @@ def test_r2d_workflow_through_slurm_profile(slurm_env, tmp_path):
     print("\n".join(lines))
     (tmp_path / "slurm_jobs.txt").write_text("\n".join(lines) + "\n")
     chunk_ids = {j["comment"]: j["id"] for j in ours if j["comment"] in chunk_jobs}
-    assert len(set(chunk_ids.values())) == 9, chunk_ids
+    assert len(set(chunk_ids.values())) == 15, chunk_ids
 
     # the same classes as a local run without chunks
     loc = _run([snakemake, "-s", REPO / "Snakefile", "--directory", runs["local"], "--workflow-profile", "none",
@@ -330,5 +331,10 @@ def test_r2d_workflow_through_slurm_profile(slurm_env, tmp_path):
         assert a.keys() == b.keys(), art
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{art}:{k}")
-    np.testing.assert_array_equal(io.read_image_stack(runs["slurm"] / "run" / "classes_01.hdf"),
-                                  io.read_image_stack(runs["local"] / "run" / "classes_01.hdf"))
+    for art in ("resultmx_init.h5", "resultmx_01.h5"):  # merged from the class chunks
+        a, b = io.read_matrix(runs["slurm"] / "run" / art), io.read_matrix(runs["local"] / "run" / art)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{art}:{k}")
+    for art in ("classes_init.hdf", "classes_01.hdf"):
+        np.testing.assert_array_equal(io.read_image_stack(runs["slurm"] / "run" / art),
+                                      io.read_image_stack(runs["local"] / "run" / art))

@@ -267,53 +267,37 @@ def _out_len(L: int, K: int) -> int:
     return int(min(L, max(32, 2 ** int(np.ceil(np.log2(max(2 * (K - 1), 1)))))))
 
 
-@lru_cache(maxsize=32)
-def _synthesis(K: int, Lo: int, L: int) -> np.ndarray:
-    """``(Lo, 2K)`` float32 real matrix ``[A_r A_i]``: ``A_r·Re X + A_i·Im X`` is the
-    band-limited correlation ``(1/L)·Σ_{|k|<K} X_k e^{2πikτ/Lo}`` of two length-``L`` polar
-    signals (``X_{-k} = conj X_k``; the term ``k = L/2`` counted once) at the lags
-    ``τ·L/Lo`` samples, ``τ = 0 … Lo-1``."""
-    k = np.arange(K)
-    tau = np.arange(Lo)[:, None]
-    w = np.where((k == 0) | (2 * k == L), 1.0, 2.0) / L
-    ph = 2 * np.pi * tau * k[None, :] / Lo
-    return np.hstack([w * np.cos(ph), -w * np.sin(ph)]).astype(np.float32)
-
-
-#: longest angular output synthesised by a matrix product; longer ones use the inverse FFT
-SYNTHESIS_MAX = 64
-
-
 def _fft_len(K: int, Lo: int, L: int) -> int:
-    """Length of the inverse FFT :func:`_angular_ifft` uses for ``Lo > SYNTHESIS_MAX``: ``Lo``,
-    or ``2·Lo`` when the band reaches ``Lo/2`` (which irfft would take for a Nyquist term)."""
+    """Length of the inverse FFT :func:`_angular_ifft` uses: ``Lo``, or ``2·Lo`` when the band
+    reaches ``Lo/2`` (which irfft would take for a Nyquist term)."""
     return Lo if 2 * (K - 1) < Lo or Lo == L else 2 * Lo
 
 
 def _ifft_scale(K: int, Lo: int, L: int) -> float:
     """Factor from ``_angular_ifft(..., scaled=False)`` to the correlation coefficient."""
-    return 1.0 if Lo <= SYNTHESIS_MAX else _fft_len(K, Lo, L) / L
+    return 1.0 if Lo == 1 else _fft_len(K, Lo, L) / L
 
 
 def _angular_ifft(X: np.ndarray, Lo: int, L: int, workers: int = 1, scaled: bool = True) -> np.ndarray:
     """Correlation functions ``(Lo, ...)`` float32 from band-limited cross-spectra ``X``
-    ``(K, ...)`` complex64 of length-``L`` polar signals: the correlation at ``Lo`` equally
-    spaced lags (:func:`_synthesis`; ``Lo = 1``: the zero lag only). Up to
-    ``Lo = SYNTHESIS_MAX`` as one real matrix product (BLAS), faster than many short FFTs
-    (measured: 64 angles 0.037 s against 0.047 s for 260k spectra; at 128 and 256 angles the
-    FFT is as fast or faster). ``scaled=False``: the FFT route leaves out the constant factor
-    :func:`_ifft_scale` (the caller scales only the peak values it keeps)."""
+    ``(K, ...)`` complex64 of length-``L`` polar signals: the band-limited correlation
+    ``(1/L)·Σ_{|k|<K} X_k e^{2πikτ/Lo}`` (``X_{-k} = conj X_k``) at ``Lo`` equally spaced lags, by an
+    inverse FFT along the first axis (``Lo = 1``: the zero lag only, a weighted sum).
+    ``scaled=False`` leaves out the constant factor :func:`_ifft_scale` (the caller scales
+    only the peak values it keeps).
+
+    Each column's values never depend on the other columns (an FFT per line, a sum along the
+    first axis); a matrix product here (BLAS) was about 20 % faster for ``Lo ≤ 64`` but
+    rounded a column differently depending on how many columns shared the call, which made
+    chunked runs differ from unchunked ones in the last bit.
+    """
     K = X.shape[0]
-    rest = X.shape[1:]
-    if Lo > SYNTHESIS_MAX:
-        m = _fft_len(K, Lo, L)
-        C = sfft.irfft(X, n=m, axis=0, workers=workers)[:: m // Lo].astype(np.float32, copy=False)
-        return C * np.float32(m / L) if scaled else C
-    Xf = X.reshape(K, -1)
-    ri = np.empty((2 * K, Xf.shape[1]), dtype=np.float32)
-    ri[:K] = Xf.real
-    ri[K:] = Xf.imag
-    return (_synthesis(K, Lo, L) @ ri).reshape((Lo,) + rest)
+    if Lo == 1:
+        w = np.where((np.arange(K) == 0) | (2 * np.arange(K) == L), 1.0, 2.0).astype(np.float32) / np.float32(L)
+        return (w.reshape((K,) + (1,) * (X.ndim - 1)) * X.real).sum(axis=0, keepdims=True)
+    m = _fft_len(K, Lo, L)
+    C = sfft.irfft(X, n=m, axis=0, workers=workers)[:: m // Lo].astype(np.float32, copy=False)
+    return C * np.float32(m / L) if scaled else C
 
 
 def _ref_layout(ref_ft: np.ndarray, nm: int) -> np.ndarray:
@@ -415,14 +399,39 @@ def _peaks(C: np.ndarray, shifts: np.ndarray, nbr: np.ndarray, rotate: bool):
     return alpha, shifts[isf, 0] + ox, shifts[isf, 1] + oy, im, cbest
 
 
-def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, rotate=True, workers=1):
+def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, rotate=True, workers=1, cap=None):
     """One level of the exhaustive search on a fixed shift grid.
 
     ``ref_ft``: ``(nm·Rn, S, R, K)`` polar FTs of the references (mirror-major), ``L`` the
-    polar angular sampling. All versus all when ``pairs`` is None (outputs ``(N, Rn)``);
-    otherwise particle i against reference ``pairs[i]`` (``(N,)``). Returns
+    polar angular sampling. All versus all when ``pairs`` is None (outputs ``(N, Rn)``; the
+    angular band is the references' joint :func:`angular_band`); otherwise particle i against
+    reference ``pairs[i]`` (``(N,)``; each reference keeps its own band, so a pair's numbers
+    never depend on the other references). Bands are capped at ``cap``. Returns
     ``alpha, sx, sy, mirror, corr``.
     """
+    N = len(particles)
+    Rn = len(ref_ft) // nm
+    Kf = ref_ft.shape[-1]
+    cap = Kf if cap is None else min(cap, Kf)
+    if pairs is None:
+        return _grid_level(particles, ref_ft[..., :min(angular_band(ref_ft), cap)], L, shifts, nm, None, rotate,
+                           workers)
+    pairs = np.asarray(pairs)
+    ft = ref_ft.reshape((nm, Rn) + ref_ft.shape[1:])
+    power = (np.abs(ft.reshape(nm, Rn, -1, Kf)) ** 2).sum(axis=(0, 2), dtype=np.float64)   # (Rn, K)
+    Kr = np.array([min(cap, -(-_band_from_power(p, Kf) // BAND_STEP) * BAND_STEP) for p in power])
+    out = [np.zeros(N) for _ in range(5)]
+    for K in np.unique(Kr[pairs]):
+        sel = np.flatnonzero(Kr[pairs] == K)
+        js, local = np.unique(pairs[sel], return_inverse=True)  # the references of this band only
+        sub = ft[:, js, ..., :K].reshape((nm * len(js),) + ft.shape[2:-1] + (K,))
+        for o, v in zip(out, _grid_level(particles[sel], sub, L, shifts, nm, local.ravel(), rotate, workers)):
+            o[sel] = v
+    return tuple(out)
+
+
+def _grid_level(particles, ref_ft, L, shifts, nm, pairs, rotate, workers):
+    """:func:`_grid_search` at the band of ``ref_ft`` ``(nm·Rn, S, R, K)``."""
     N = len(particles)
     S = len(shifts)
     Rn = len(ref_ft) // nm
@@ -450,67 +459,123 @@ def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, rotate=True, w
 LOCAL_RADIUS = 2.0
 
 
-def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, workers):
-    """One finer level of the tree: pair ``p`` (particle ``pi[p]``, reference ``ri[p]``, mirror
-    ``mi[p]`` kept, previous answer ``a0, x0, y0`` in this level's pixels) searched over all
-    angles and the shifts within ``LOCAL_RADIUS`` px of the previous answer.
+def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, workers, cache=None):
+    """One finer level of the tree, or a local search around a prior: pair ``p`` (particle
+    ``pi[p]``, reference ``ri[p]``, previous answer ``a0, x0, y0`` in this level's pixels)
+    searched for each of its mirrors ``mi[p, c]`` (``mi`` ``(P, M)`` ints) over all angles and
+    the shifts within ``LOCAL_RADIUS`` px of the previous answer. Returns ``alpha, tx, ty,
+    corr``, each ``(P, M)``.
 
     The particle is shifted by ``d = R_a0⁻¹ t0`` (rounded to ``SUBPIXEL_STEP``: a circular
     whole-pixel gather and sub-pixel polar sampling points, no FFT, :func:`_spectra`), so
-    that only a small residual ``δ`` on the local grid remains; ``t = δ + R_a d``. Pairs go through sorted by reference and
-    mirror; the references' polar tables on the local grid are computed a few references at
-    a time as the pairs reach them. (Shifting the
-    references instead was tried: no faster at 2,000 particles, and its results depended on
-    which particles shared a chunk.) Returns ``alpha, tx, ty, corr`` per pair.
+    that only a small residual ``δ`` on the local grid remains; ``t = δ + R_a d``; its polar
+    spectra are computed once for all its mirrors. Each reference keeps its own angular band
+    (:func:`_ref_bands`); pairs go through grouped by band, then sorted by reference, and the
+    references' polar tables on the local grid are computed a few at a time as the pairs
+    reach them (kept in ``cache``, a dict the caller may keep for further calls with the
+    *same* references, up to ``CACHE_BYTES``). (Shifting the references instead was tried:
+    no faster at 2,000 particles, and its results depended on which particles shared a chunk.)
+    Every pair's numbers depend only on its particle and reference.
     """
     n = particles.shape[-1]
     L = n_angles(n)
+    R = n // 2 - 1
     grid = shift_grid(LOCAL_RADIUS)
-    K = _band(refs, L, grid, mirrors, workers)
+    cache = {} if cache is None else cache
+    mi = np.asarray(mi, dtype=np.int64).reshape(len(pi), -1)
+    M = mi.shape[1]
+    used = np.unique(ri)
+    Kr = np.zeros(len(refs), dtype=np.int64)
+    Kr[used] = _ref_bands(refs, used, L, grid, mirrors, workers, cache)
     dx, dy = (_quantised(v) for v in _particle_offset(a0, x0, y0))
-    Lo = _out_len(L, K) if rotate else 1
     S = len(grid)
     nbr = _shift_neighbours(grid)
-    # correlation tables of about 5 M values and at most ~4 M pixels of particle images per batch
-    batch = int(max(1, min(5e6 // (S * (Lo + 3 * K)), (1 << 22) // (n * n))))
-    out = [np.empty(len(pi)) for _ in range(4)]
-    key = ri.astype(np.int64) * 2 + mi.astype(np.int64)
-    # pairs sorted by (reference, mirror): each batch mixes groups, so small groups (pairs mode,
-    # a few particles per class) share the particle work; every pair's numbers depend only
-    # on its particle and its group's table
-    order = np.argsort(key, kind="stable")
-    # polar tables on the local grid, (K, R, S) per (reference, mirror), computed for a few
-    # references at a time (about 16 MB) as the sorted pairs reach them
-    per = max(1, int(16e6 // (S * (n // 2 - 1) * K * 8)))
-    tables: dict[int, np.ndarray] = {}
+    out = [np.empty((len(pi), M)) for _ in range(4)]
+    Kp = Kr[ri]
+    # pairs grouped by band, then sorted by (reference, first mirror): each batch mixes
+    # references, so small groups (pairs mode, a few particles per class) share the particle work
+    order = np.lexsort((mi[:, 0], ri, Kp))
 
-    def table(k: int) -> np.ndarray:
-        if k not in tables:
-            tables.clear()
-            j0 = (k // 2) // per * per
-            for m in mirrors:
-                ft = np.conj(polar_ft(refs[j0:j0 + per], L, grid, bool(m), workers, band=K))  # (j, S, R, K)
-                for j, t in enumerate(ft):
-                    tables[2 * (j0 + j) + int(m)] = np.ascontiguousarray(t.transpose(2, 1, 0))
-        return tables[k]
+    def table(j: int, m: int, upcoming: np.ndarray) -> np.ndarray:
+        """``(K_j, R, S)`` conjugated polar FTs of reference ``j`` (mirror ``m``) on the local grid;
+        computed for the next few references of ``upcoming`` (about 16 MB) at once."""
+        key = ("table", n, j, m)
+        if key not in cache:
+            per = max(1, int(16e6 // (S * R * Kr[j] * 8)))
+            js = upcoming[np.searchsorted(upcoming, j):][:per]
+            js = np.array([k for k in js if ("table", n, k, m) not in cache])
+            need = sum(S * R * Kr[k] * 8 for k in js)
+            if cache.get("bytes", 0) + need > CACHE_BYTES:  # keep the bands, drop the tables
+                for k in [k for k in cache if isinstance(k, tuple) and k[0] == "table"]:
+                    del cache[k]
+                cache["bytes"] = 0
+            ft = np.conj(polar_ft(refs[js], L, grid, bool(m), workers, band=int(Kr[js].max())))  # (j, S, R, K)
+            for k, t in zip(js.tolist(), ft):
+                cache[("table", n, k, m)] = np.ascontiguousarray(t.transpose(2, 1, 0)[:Kr[k]])
+            cache["bytes"] = cache.get("bytes", 0) + need
+        return cache[key]
 
-    for lo in range(0, len(order), batch):
-        s_ = order[lo:lo + batch]
-        P = _spectra(particles, L, K, pi[s_], dx[s_], dy[s_], workers)           # (K, b, R)
-        X = np.empty((K, len(s_), S), dtype=np.complex64)
-        ks = key[s_]
-        cut = np.r_[0, np.flatnonzero(ks[1:] != ks[:-1]) + 1, len(s_)]
-        for a, b in zip(cut[:-1], cut[1:]):
-            X[:, a:b] = _matmul_rows(P[:, a:b], table(int(ks[a])))
-        C = _angular_ifft(X, Lo, L, workers, scaled=False)
-        alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
-        cbest = cbest * _ifft_scale(K, Lo, L)
-        a, r = alpha[:, 0], np.deg2rad(alpha[:, 0])
-        tx = sx[:, 0] + np.cos(r) * dx[s_] + np.sin(r) * dy[s_]
-        ty = sy[:, 0] - np.sin(r) * dx[s_] + np.cos(r) * dy[s_]
-        for o, v in zip(out, (a, tx, ty, cbest[:, 0])):
-            o[s_] = v
+    for K in np.unique(Kp):
+        sel = order[Kp[order] == K]
+        upcoming = np.unique(ri[sel])
+        Lo = _out_len(L, K) if rotate else 1
+        # correlation tables of about 5 M values and at most ~4 M pixels of particle images per batch
+        batch = int(max(1, min(5e6 // (S * (Lo + 3 * K)), (1 << 22) // (n * n))))
+        for lo in range(0, len(sel), batch):
+            s_ = sel[lo:lo + batch]
+            P = _spectra(particles, L, K, pi[s_], dx[s_], dy[s_], workers)           # (K, b, R)
+            gk = ri[s_] * 2 + mi[s_, 0]
+            cut = np.r_[0, np.flatnonzero(gk[1:] != gk[:-1]) + 1, len(s_)]
+            for c in range(M):
+                X = np.empty((K, len(s_), S), dtype=np.complex64)
+                for a, b in zip(cut[:-1], cut[1:]):
+                    X[:, a:b] = _matmul_rows(P[:, a:b], table(int(ri[s_[a]]), int(mi[s_[a], c]), upcoming))
+                C = _angular_ifft(X, Lo, L, workers, scaled=False)
+                alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
+                cbest = cbest * _ifft_scale(K, Lo, L)
+                a, r = alpha[:, 0], np.deg2rad(alpha[:, 0])
+                tx = sx[:, 0] + np.cos(r) * dx[s_] + np.sin(r) * dy[s_]
+                ty = sy[:, 0] - np.sin(r) * dx[s_] + np.cos(r) * dy[s_]
+                for o, v in zip(out, (a, tx, ty, cbest[:, 0])):
+                    o[s_, c] = v
     return tuple(out)
+
+
+#: most bytes of reference polar tables a search keeps (:func:`_local_level`'s ``cache``)
+CACHE_BYTES = 256 << 20
+#: per-reference angular bands are rounded up to a multiple of this (fewer batches)
+BAND_STEP = 8
+
+
+def _ref_bands(refs, js, L, shifts, mirrors, workers, cache=None) -> np.ndarray:
+    """Angular band (:func:`angular_band`) of each reference ``js``, from its own polar FTs
+    (unshifted and at up to 8 of the outermost ``shifts``, where off-centre sampling widens
+    the band; every mirror), rounded up to ``BAND_STEP``: ``(len(js),)`` ints ≤ ``L//2+1``.
+    Each reference's band depends on that reference only (never on the others in the call),
+    so pairs give the same numbers whichever references share a call."""
+    n = refs.shape[-1]
+    cache = {} if cache is None else cache
+    js = np.asarray(js, dtype=np.int64)
+    todo = np.array([j for j in js if ("band", n, j) not in cache], dtype=np.int64)
+    if len(todo):
+        shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+        r = np.hypot(shifts[:, 0], shifts[:, 1])
+        outer = shifts[r == r.max()]
+        outer = outer[np.argsort(np.arctan2(outer[:, 1], outer[:, 0]), kind="stable")]
+        pick = np.vstack([np.zeros((1, 2)), outer[np.linspace(0, len(outer) - 1, min(8, len(outer))).astype(int)]])
+        pick = np.unique(pick, axis=0)
+        Kf = L // 2 + 1
+        step = max(1, 128 // len(pick))  # references per call: a few MB of polar tables
+        for lo in range(0, len(todo), step):
+            sel = todo[lo:lo + step]
+            power = np.zeros((len(sel), Kf))
+            for m in mirrors:
+                ft = polar_ft(refs[sel], L, pick, m, workers)                       # (j, S, R, K)
+                power += (np.abs(ft) ** 2).sum(axis=(1, 2), dtype=np.float64)
+            for j, p in zip(sel, power):
+                k = _band_from_power(p, Kf)
+                cache[("band", n, int(j))] = int(min(Kf, -(-k // BAND_STEP) * BAND_STEP))
+    return np.array([cache[("band", n, int(j))] for j in js], dtype=np.int64)
 
 
 def _particle_offset(alpha, tx, ty):
@@ -540,10 +605,9 @@ def coarse_band(L: int, m: int) -> int | None:
     return L // 8 + 1 if m >= 32 else None
 
 
-def _ref_ft(refs, L, shifts, mirrors, workers, cap=None):
-    ft = np.concatenate([polar_ft(refs, L, shifts, m, workers) for m in mirrors], axis=0)
-    K = angular_band(ft)
-    return ft[..., :K if cap is None else min(K, cap)]
+def _ref_ft(refs, L, shifts, mirrors, workers):
+    """Polar FTs of the references at every shift and mirror, mirror-major ``(nm·J, S, R, L//2+1)``."""
+    return np.concatenate([polar_ft(refs, L, shifts, m, workers) for m in mirrors], axis=0)
 
 
 def angular_band(ref_ft: np.ndarray, tol: float = 1e-4) -> int:
@@ -567,27 +631,9 @@ def _band_from_power(power: np.ndarray, K: int, tol: float = 1e-4) -> int:
     return int(min(K, np.searchsorted(cum, 1.0 - tol) + 2))
 
 
-def _band(refs, L, shifts, mirrors, workers) -> int:
-    """:func:`angular_band` of the references' polar FTs, a few references at a time (the whole
-    table at 128 px and 64 classes would not fit in memory), from the unshifted references and
-    the (up to) 8 outermost ``shifts`` (off-centre sampling has the widest angular band)."""
-    shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
-    r = np.hypot(shifts[:, 0], shifts[:, 1])
-    outer = shifts[r == r.max()]
-    outer = outer[np.argsort(np.arctan2(outer[:, 1], outer[:, 0]), kind="stable")]
-    pick = np.vstack([np.zeros((1, 2)), outer[np.linspace(0, len(outer) - 1, min(8, len(outer))).astype(int)]])
-    pick = np.unique(pick, axis=0)
-    power = np.zeros(L // 2 + 1)
-    step = max(1, 128 // len(pick))  # references per call: a few MB of polar tables
-    for j in range(0, len(refs), step):
-        for m in mirrors:
-            power += _power(polar_ft(refs[j:j + step], L, pick, m, workers))
-    return _band_from_power(power, L // 2 + 1)
-
-
 def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mirror: bool = True,
            rotate: bool = True, pairs: np.ndarray | None = None, candidates: int | None = None,
-           prior=None, workers: int = 1):
+           prior=None, cache: dict | None = None, workers: int = 1):
     """Search ``T(particle) ≈ reference`` over angle, shift ``|t| ≤ maxshift`` and mirror.
 
     Coarse to fine when ``maxshift > 4``: an exhaustive search on Fourier-downsampled
@@ -610,6 +656,9 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
         when ``mirror``, else the prior's; a second time around answers whose offset moved more
         than 0.5 px. For repeated
         alignment to a reference that changed little (the passes of class averaging).
+    cache : a dict kept by the caller across calls with the *same* ``refs`` (e.g. the blocks of
+        one class-averaging pass): the references' polar tables and bands of the finer levels
+        are computed once and kept in it (at most ``CACHE_BYTES`` of tables).
 
     Returns ``(alpha, tx, ty, mirror, corr)``; ``corr`` is the correlation coefficient over
     the disc at the optimum (higher is better).
@@ -628,22 +677,24 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
             a0 = np.zeros(N)
         pairs = np.asarray(pairs)
         c0 = _particle_offset(a0, x0, y0)
-        # both mirrors around the same particle offset when the aligner flips, else the prior's
-        pi = np.r_[np.arange(N), np.arange(N)] if mirror else np.arange(N)
-        mi = np.r_[m0, 1 - m0] if mirror else m0
+        # both mirrors around the same particle offset when the aligner flips (one polar
+        # resampling of the particle for both), else the prior's
+        mi = np.stack([np.zeros(N, np.int64), np.ones(N, np.int64)], axis=1) if mirror else m0[:, None]
         mirrors = [False, True] if mi.any() else [False]
-        a, x, y, c = _local_level(particles, refs, pi, pairs[pi], mi, a0[pi], x0[pi], y0[pi], rotate, mirrors,
-                                  workers)
-        if mirror:  # the better mirror of each pair
-            pick = np.where(c[N:] > c[:N], np.arange(N) + N, np.arange(N))
-            a, x, y, c, m0 = a[pick], x[pick], y[pick], c[pick], mi[pick]
+        a, x, y, c = _local_level(particles, refs, np.arange(N), pairs, mi, a0, x0, y0, rotate, mirrors,
+                                  workers, cache)
+        # the better mirror of each pair (the prior's on a tie)
+        col = np.where(c[np.arange(N), 1 - m0] > c[np.arange(N), m0], 1 - m0, m0) if mirror else np.zeros(N, int)
+        a, x, y, c = (v[np.arange(N), col] for v in (a, x, y, c))
+        m0 = mi[np.arange(N), col]
         # answers whose offset moved more than half a pixel sat off the grid's centre, where the
         # peak interpolation is least accurate: once more around them
         cn = _particle_offset(a, x, y)
         far = np.flatnonzero(np.hypot(cn[0] - c0[0], cn[1] - c0[1]) > 0.5)
         if len(far):
-            a[far], x[far], y[far], c[far] = _local_level(particles, refs, far, pairs[far], m0[far], a[far], x[far],
-                                                          y[far], rotate, mirrors, workers)
+            a[far], x[far], y[far], c[far] = (v[:, 0] for v in _local_level(
+                particles, refs, far, pairs[far], m0[far, None], a[far], x[far], y[far], rotate, mirrors, workers,
+                cache))
         r = np.hypot(x, y)  # the prior may have been at the bound: stay within it
         lim = np.where(r > maxshift, maxshift / np.maximum(r, 1e-12), 1.0) if maxshift > 0 else np.zeros(N)
         return a, x * lim, y * lim, m0.astype(np.float64), c
@@ -659,8 +710,8 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     cr = tf.fourier_crop(refs, m, workers=workers)
     Lc = n_angles(m)
     cs = shift_grid(maxshift / f)
-    a0, x0, y0, m0, c0 = _grid_search(cp, _ref_ft(cr, Lc, cs, mirrors, workers, cap=coarse_band(Lc, m)), Lc, cs, nm,
-                                     pairs=pairs, rotate=rotate, workers=workers)
+    a0, x0, y0, m0, c0 = _grid_search(cp, _ref_ft(cr, Lc, cs, mirrors, workers), Lc, cs, nm, pairs=pairs,
+                                      rotate=rotate, workers=workers, cap=coarse_band(Lc, m))
     x0, y0 = x0 * f, y0 * f
     # fine level: one (particle, reference, mirror) pair per coarse answer
     keep = None
@@ -687,7 +738,8 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
         m = n // g
         pg = particles if g == 1 else tf.fourier_crop(particles, m, workers=workers)
         rg = refs if g == 1 else tf.fourier_crop(refs, m, workers=workers)
-        a, x, y, c = _local_level(pg, rg, pi, ri, m0, a, x / g, y / g, rotate, mirrors, workers)
+        a, x, y, c = (v[:, 0] for v in _local_level(pg, rg, pi, ri, m0[:, None], a, x / g, y / g, rotate,
+                                                     mirrors, workers, cache))
         x, y = x * g, y * g
     out = [a, x, y, m0.astype(np.float64), c]
     shape = (N, len(refs)) if pairs is None else (N,)
@@ -754,15 +806,15 @@ def _search_kwargs(opt: Option, n: int) -> dict:
 def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, pairs=None,
           ralign: Option | str | None = None, raligncmp: Option | str | None = None,
           shrink: int = 1, apix: float | None = None, ref_ptcl_repr=None, candidates: int | None = None,
-          prior=None, workers: int = 1) -> Alignment:
+          prior=None, cache: dict | None = None, workers: int = 1) -> Alignment:
     """Align particles to references with an EMAN2-named aligner and score with ``cmp``.
 
     Returns an :class:`Alignment` with ``T(particle) ≈ reference`` and
     ``score = cmp(particle, T⁻¹(reference))`` (the particle stays unresampled, as in
     e2simmx). For plain ``ccc`` the score is ``−corr``, the search's own correlation
     coefficient over the disc ``r < n/2 − 1`` (no second resampling). ``shrink > 1`` Fourier-downsamples both stacks for the search and scales the
-    translations back. ``pairs``, ``candidates`` and ``prior`` (a local search around an
-    earlier answer) as in :func:`search`.
+    translations back. ``pairs``, ``candidates``, ``prior`` (a local search around an
+    earlier answer) and ``cache`` as in :func:`search`.
     """
     aligner = parse(aligner, "aligner") if isinstance(aligner, str) else aligner
     cmp = parse(cmp, "comparator") if isinstance(cmp, str) else cmp
@@ -780,8 +832,8 @@ def align(particles, refs, aligner: Option | str, cmp: Option | str = "ccc", *, 
         kw["maxshift"] = kw["maxshift"] / f
         if prior is not None:
             prior = (prior[0], np.asarray(prior[1]) / f, np.asarray(prior[2]) / f, prior[3])
-    alpha, tx, ty, mir, corr = search(sp_, sr_, pairs=pairs, candidates=candidates, prior=prior, workers=workers,
-                                      **kw)
+    alpha, tx, ty, mir, corr = search(sp_, sr_, pairs=pairs, candidates=candidates, prior=prior, cache=cache,
+                                      workers=workers, **kw)
     tx, ty = tx * f, ty * f
     ralign = parse(ralign, "aligner") if isinstance(ralign, str) else ralign
     refined = ralign is not None

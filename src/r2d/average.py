@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sfft
-import scipy.sparse as sp
 
 from r2d import transforms as tf
 from r2d.io import image_block
@@ -109,11 +108,22 @@ CTF_WEIGHT_EPS = 0.1
 FSC_CLAMP = (0.001, 0.9999)
 
 
-def _membership(label: np.ndarray, weight: np.ndarray, K: int) -> sp.csr_matrix:
-    """Sparse (K, N) matrix with ``weight[i]`` at ``(label[i], i)`` (labels < 0 ignored)."""
-    ok = (label >= 0) & (weight != 0)
-    idx = np.flatnonzero(ok)
-    return sp.csr_matrix((weight[ok].astype(np.float64), (label[ok], idx)), shape=(K, len(label)))
+def class_chunks(label: np.ndarray, k: int) -> np.ndarray:
+    """Chunk (``0 … k-1``) of every class ``0 … max(label)`` for class averaging in ``k`` jobs:
+    classes by decreasing member count (ties: lower class first), each to the chunk with the
+    fewest members so far (ties: lower chunk). Balances the work; depends only on ``label``
+    (``(N,)`` ints, −1 = in no class), so every chunk job computes the same split."""
+    import heapq
+
+    label = np.asarray(label)
+    counts = np.bincount(label[label >= 0], minlength=int(label.max(initial=-1)) + 1)
+    out = np.zeros(len(counts), dtype=np.int64)
+    heap = [(0, c) for c in range(k)]
+    for cls in np.lexsort((np.arange(len(counts)), -counts)):
+        load, c = heapq.heappop(heap)
+        out[cls] = c
+        heapq.heappush(heap, (load + int(counts[cls]), c))
+    return out
 
 
 def half_index(label: np.ndarray, use: np.ndarray) -> np.ndarray:
@@ -170,14 +180,20 @@ def _batch(n: int) -> int:
 
 def half_sums(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, *, ctf: ParticleCTF | None = None,
               alpha=0.0, mirror=0.0, workers: int = 1, batch: int | None = None,
-              half: np.ndarray | None = None) -> HalfSums:
+              half: np.ndarray | None = None, into: HalfSums | None = None) -> HalfSums:
     """Half-set Fourier sums (:class:`HalfSums`) of ``images`` (N, n, n) with ``use[i]`` in class ``label[i]``.
 
     With ``ctf`` (one entry per image), each image is weighted by ``c_i`` and ``CTF_i²`` is
     summed (:meth:`r2d.ctf.ParticleCTF.wiener_terms`), both evaluated for the image *after*
     the transform ``(alpha_i, ., ., mirror_i)`` that brought it into the class frame.
     ``half``: the half set of each image (default :func:`half_index` of ``label, use``; give
-    the whole set's when ``images`` is one block of it).
+    the whole set's when ``images`` is one block of it). ``into``: add to these sums (in
+    place) instead of new ones.
+
+    Each member is added to its class's running sum in turn (float64), in row order: a class
+    sum is the same sequence of additions however the members are split into blocks and
+    batches, and whichever other classes share them (so class averages computed in chunks
+    of classes are bit-identical to those computed all at once).
     """
     images = np.asarray(images, dtype=np.float32)
     N, n, _ = images.shape
@@ -186,28 +202,30 @@ def half_sums(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, *,
         half = half_index(np.asarray(label), np.asarray(use, dtype=bool))
     alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (N,))
     mirror = np.broadcast_to(np.asarray(mirror, dtype=np.float64), (N,))
-    num = np.zeros((2, K, n * nk), np.complex128)
-    den = np.zeros((2, K, n * nk) if ctf is not None else (2, K, 1), np.float64)
-    count = np.zeros((2, K))
-    sel_all = np.flatnonzero(half >= 0)
+    if into is None:
+        into = HalfSums(np.zeros((2, K, n, nk), np.complex128),
+                        np.zeros((2, K, n, nk) if ctf is not None else (2, K, 1, 1), np.float64), np.zeros((2, K)))
+    num = into.num.reshape(2 * K, n * nk)
+    den = into.den.reshape(2 * K, -1)
+    sel_all = np.flatnonzero((half >= 0) & (np.asarray(label) >= 0))
     batch = batch or _batch(n)
     for lo in range(0, len(sel_all), batch):
         sel = sel_all[lo:lo + batch]
         F = sfft.rfft2(images[sel], workers=workers).reshape(len(sel), -1)
+        w = None
         if ctf is not None:
             c, w = ctf.take(sel).wiener_terms(n, alpha[sel], mirror[sel])
             F *= c.reshape(len(sel), -1)
-            w = w.reshape(len(sel), -1).astype(np.float64)
-        for e in (0, 1):
-            A = _membership(label[sel], (half[sel] == e).astype(np.float64), K)
-            if A.nnz == 0:
-                continue
-            num[e] += A @ F
-            cnt = np.asarray(A.sum(axis=1)).ravel()
-            count[e] += cnt
-            den[e] += (A @ w) if ctf is not None else cnt[:, None]
-    shape = (2, K, n, nk)
-    return HalfSums(num.reshape(shape), den.reshape(shape) if ctf is not None else den[..., None], count)
+            w = w.reshape(len(sel), -1)
+        slot = half[sel] * K + np.asarray(label)[sel]
+        for i, k in enumerate(slot):  # one vector addition per member (see above): O(members), not pixels
+            num[k] += F[i]
+            if w is not None:
+                den[k] += w[i]
+            else:
+                den[k] += 1.0
+        np.add.at(into.count, (half[sel], np.asarray(label)[sel]), 1.0)
+    return into
 
 
 def autofilter_noise_term(h: HalfSums) -> tuple[np.ndarray, np.ndarray]:
@@ -324,10 +342,8 @@ class Accumulator:
         mirror = np.broadcast_to(np.asarray(mirror, dtype=np.float64), (b,))
         lab, use, half = self.label[rows], self.use[rows], self.half[rows]
         ctf = None if self.ctf is None else self.ctf.take(rows)
-        h = half_sums(images, lab, use, self.K, ctf=ctf, alpha=alpha, mirror=mirror, workers=self.workers, half=half)
-        self.halves.num += h.num
-        self.halves.den += h.den
-        self.halves.count += h.count
+        half_sums(images, lab, use, self.K, ctf=ctf, alpha=alpha, mirror=mirror, workers=self.workers, half=half,
+                  into=self.halves)
         one = use & (lab >= 0) & self.single[np.maximum(lab, 0)]
         self.single_img[lab[one]] = images[one]
         if self.name == "median":
@@ -463,7 +479,8 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                    center: str | None = "xform.center", automask: bool = False, maxshift: float | None = None,
                    apix: float | None = None, workers: int = 1,
                    search_weight: np.ndarray | None = None, ctf: ParticleCTF | None = None,
-                   block: int | None = None, local: bool = True, prior=None) -> ClassAverages:
+                   block: int | None = None, local: bool = True, prior=None,
+                   n_classes: int | None = None) -> ClassAverages:
     """Class averages of ``particles`` (N, n, n) for the classes in ``label`` (N,) int
     (−1 = in no class), e2classaverage-style (algorithm.md §3.11).
 
@@ -496,6 +513,11 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     bootstrap: the first reference is the sum of the members moved by their prior, and the first
     pass is a local search around it too.
 
+    ``n_classes``: at least this many classes (default ``max(label) + 1``; a chunk of the classes
+    gives the whole set's count, so its arrays have the same shape as in an unchunked run).
+    Every number of a class depends only on its members, so averaging the classes in chunks
+    (:func:`class_chunks`; the other classes' members labelled −1) gives bit-identical classes.
+
     ``ctf`` (:class:`r2d.ctf.ParticleCTF`, one entry per particle, needs ``apix``): used by the
     ``ctf.*`` averagers, which weight every aligned member by its CTF *in the class frame*
     (the astigmatism angle follows the member's rotation and mirror). With CTF, the alignment
@@ -515,7 +537,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     params = dict(aligner.params)
     params["maxshift"] = n // 3 if maxshift is None or maxshift < 0 else maxshift
     aligner = Option(aligner.name, params)
-    K = int(label.max()) + 1 if (label >= 0).any() else 0
+    K = max(int(label.max(initial=-1)) + 1, n_classes or 0)
     B = block or image_block(n)
 
     if not averager.name.startswith("ctf."):
@@ -556,12 +578,13 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     search_scored = (cmp.name == "ccc" and not cmp.params and ralign is None
                      and _plain_ccc(aligncmp))
 
-    def run_align(Xs, lab, refs, ref_repr=None, scored=True, prior=None):
+    def run_align(Xs, lab, refs, ref_repr=None, scored=True, prior=None, cache=None):
         """Align search images ``Xs`` to ``refs[lab]`` (a local search around ``prior`` when
-        given); return the alignment and the scores (None when not ``scored``)."""
+        given; ``cache`` kept across the blocks of one pass, see :func:`r2d.align.search`);
+        return the alignment and the scores (None when not ``scored``)."""
         frefs = refs if search_weight is None else tf.radial_filter(refs, search_weight, workers=workers)
         a = align(Xs, frefs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
-                  apix=apix, prior=prior, workers=workers)
+                  apix=apix, prior=prior, cache=cache, workers=workers)
         if not scored:
             return a, None
         if search_scored:
@@ -641,6 +664,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         # local search around the previous transform: after the first pass, and in the first
         # for members that start from their prior
         near = (from_prior if it == 0 else np.ones(N, dtype=bool)) if local else np.zeros(N, dtype=bool)
+        cache: dict = {}  # the reference's polar tables, for every block of this pass
         for rows, (X, Xs) in passes.blocks():
             sc = np.empty(len(rows))
             params = [np.empty(len(rows)) for _ in range(4)]
@@ -649,7 +673,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                     continue
                 r = rows[part]
                 a, s_ = run_align(Xs[part], lab[r], ref, counts,
-                                  prior=tuple(p[r] for p in par) if is_local else None)
+                                  prior=tuple(p[r] for p in par) if is_local else None, cache=cache)
                 sc[part] = s_
                 for q, v in zip(params, a.params()):
                     q[part] = v

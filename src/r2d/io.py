@@ -611,15 +611,20 @@ def image_block(n: int) -> int:
     return int(min(4096, max(256, 2**26 // (4 * n * n))))
 
 
-def chunk_range(spec: str, n: int) -> tuple[int, int]:
-    """Half-open particle range ``[(i-1)*n//k, i*n//k)`` of chunk spec ``"i-of-k"`` (1 <= i <= k).
-    The k chunks cover ``[0, n)`` exactly, without overlap."""
+def chunk_index(spec: str) -> tuple[int, int]:
+    """``(i, k)`` of a chunk spec ``"i-of-k"`` (1 <= i <= k), as Snakemake's scattergather names them."""
     m = re.fullmatch(r"\s*(\d+)-of-(\d+)\s*", str(spec))
     if not m or not 1 <= int(m[1]) <= int(m[2]):
         raise InputError(f"chunk {spec!r} is not of the form I-of-K with 1 <= I <= K (e.g. 3-of-8)")
+    return int(m[1]), int(m[2])
+
+
+def chunk_range(spec: str, n: int) -> tuple[int, int]:
+    """Half-open particle range ``[(i-1)*n//k, i*n//k)`` of chunk spec ``"i-of-k"`` (1 <= i <= k).
+    The k chunks cover ``[0, n)`` exactly, without overlap."""
+    i, k = chunk_index(spec)
     if n < 0:
         raise ValueError(f"number of particles must be >= 0, got {n}")
-    i, k = int(m[1]), int(m[2])
     return (i - 1) * n // k, i * n // k
 
 

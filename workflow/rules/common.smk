@@ -133,7 +133,6 @@ def final_outputs():
 #   at 64 px: allrefs 401, aliref 168, classify 64, gather 43, montage 101, export 140 MiB
 N_USED = max(1, INPUT_FACTS.get("n_used", INPUT_FACTS.get("n", 1)))
 BOX = INPUT_FACTS.get("box", 64)
-CHUNK_N = -(-N_USED // config["chunks"])  # particles of the largest chunk
 IMG_MB = BOX * BOX * 4 / 2**20  # one float32 image
 BLOCK = image_block(
     BOX
@@ -162,14 +161,19 @@ def _override(rule, key):
     return ((config.get("resources") or {}).get(rule) or {}).get(key)
 
 
+def _count(kind, chunked):
+    """Particles a job of `kind` works on: the initial stage uses a subset of max(2000, 10 ncls)
+    (r2d invariants); a chunked job its share."""
+    n = N_USED
+    if _RES[kind][2] == "subset" or kind == "average_init":
+        n = min(n, max(2000, 10 * config["ncls"]))
+    return -(-n // config["chunks"]) if chunked else n
+
+
 def _particles(kind, chunked):
-    held = _RES[kind][2]
-    n = CHUNK_N if chunked else N_USED
-    if (
-        held == "subset"
-    ):  # the initial stage uses max(2000, 10 ncls) particles (r2d invariants)
-        return min(n, max(2000, 10 * config["ncls"]))
-    return min(n, BLOCK) if held == "block" else n
+    """Particles a job of `kind` holds at once."""
+    n = _count(kind, chunked)
+    return min(n, BLOCK) if _RES[kind][2] == "block" else n
 
 
 def mem_mb(rule, kind, chunked=False):
@@ -182,10 +186,7 @@ def mem_mb(rule, kind, chunked=False):
 
 def runtime_min(rule, kind, chunked=False, threads=1):
     """`resources: runtime` (minutes) of `rule` (a function of the attempt; formula above)."""
-    _, _, held, rate, passes = _RES[kind]
-    n = CHUNK_N if chunked else N_USED
-    if held == "subset" or kind == "average_init":
-        n = min(n, max(2000, 10 * config["ncls"]))
-    est = 3 * rate * n * (BOX / 64) ** 3 * passes / threads / 60
+    _, _, _, rate, passes = _RES[kind]
+    est = 3 * rate * _count(kind, chunked) * (BOX / 64) ** 3 * passes / threads / 60
     value = _override(rule, "runtime") or max(10, int(-(-est // 1)))
     return lambda wildcards, attempt: value * attempt

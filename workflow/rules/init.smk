@@ -94,10 +94,39 @@ rule classmx_00:
         " {params.fastseed} --seed {params.seed} > {log} 2>&1"
 
 
-rule classes_init:
+rule classes_init_chunk:
     input:
         particles=config["input"],
         classmx=art("classmx_00.h5"),
+    output:
+        classes=temp(art("classes_init/{scatteritem}.hdf")),
+        resultmx=temp(art("classes_init/{scatteritem}.h5")),
+    log:
+        art("logs/classes_init/{scatteritem}.log"),
+    benchmark:
+        art("benchmarks/classes_init/{scatteritem}.tsv")
+    conda:
+        "../envs/r2d.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=mem_mb("classes_init_chunk", "average_init", chunked=True),
+        runtime=runtime_min(
+            "classes_init_chunk",
+            "average_init",
+            chunked=True,
+            threads=config["threads"],
+        ),
+    params:
+        opts=class_args(8),
+    shell:
+        "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
+        " --chunk {wildcards.scatteritem} {params.opts} --threads {threads} > {log} 2>&1"
+
+
+rule classes_init:
+    input:
+        classes=gather.chunk(art("classes_init/{scatteritem}.hdf")),
+        resultmx=gather.chunk(art("classes_init/{scatteritem}.h5")),
     output:
         classes=art("classes_init.hdf"),
         resultmx=art("resultmx_init.h5"),
@@ -107,12 +136,10 @@ rule classes_init:
         art("benchmarks/classes_init.tsv")
     conda:
         "../envs/r2d.yaml"
-    threads: config["threads"]
+    threads: 1
     resources:
-        mem_mb=mem_mb("classes_init", "average_init"),
-        runtime=runtime_min("classes_init", "average_init", threads=config["threads"]),
-    params:
-        opts=class_args(8),
+        mem_mb=mem_mb("classes_init", "gather"),
+        runtime=runtime_min("classes_init", "gather"),
     shell:
-        "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
-        " {params.opts} --threads {threads} > {log} 2>&1"
+        "(r2d gather -o {output.classes} {input.classes}"
+        " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"

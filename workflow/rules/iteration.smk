@@ -229,10 +229,36 @@ rule classmx:
         " {params.fastseed} --seed {params.seed} {params.exclude} {params.mra} > {log} 2>&1"
 
 
-rule classes:
+rule classes_chunk:
     input:
         particles=config["input"],
         classmx=art("classmx_{it}.h5"),
+    output:
+        classes=temp(art("classes_{it}/{scatteritem}.hdf")),
+        resultmx=temp(art("classes_{it}/{scatteritem}.h5")),
+    log:
+        art("logs/classes_{it}/{scatteritem}.log"),
+    benchmark:
+        art("benchmarks/classes_{it}/{scatteritem}.tsv")
+    conda:
+        "../envs/r2d.yaml"
+    threads: config["threads"]
+    resources:
+        mem_mb=mem_mb("classes_chunk", "average", chunked=True),
+        runtime=runtime_min(
+            "classes_chunk", "average", chunked=True, threads=config["threads"]
+        ),
+    params:
+        opts=class_args(config["classiter"]),
+    shell:
+        "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
+        " --chunk {wildcards.scatteritem} {params.opts} --threads {threads} > {log} 2>&1"
+
+
+rule classes:
+    input:
+        classes=gather.chunk(art("classes_{{it}}/{scatteritem}.hdf")),
+        resultmx=gather.chunk(art("classes_{{it}}/{scatteritem}.h5")),
     output:
         classes=art("classes_{it}.hdf"),
         resultmx=art("resultmx_{it}.h5"),
@@ -242,12 +268,10 @@ rule classes:
         art("benchmarks/classes_{it}.tsv")
     conda:
         "../envs/r2d.yaml"
-    threads: config["threads"]
+    threads: 1
     resources:
-        mem_mb=mem_mb("classes", "average"),
-        runtime=runtime_min("classes", "average", threads=config["threads"]),
-    params:
-        opts=class_args(config["classiter"]),
+        mem_mb=mem_mb("classes", "gather"),
+        runtime=runtime_min("classes", "gather"),
     shell:
-        "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
-        " {params.opts} --threads {threads} > {log} 2>&1"
+        "(r2d gather -o {output.classes} {input.classes}"
+        " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"

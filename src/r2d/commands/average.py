@@ -8,6 +8,9 @@ stack. Headers: ``class_id``, ``ptcl_repr``, ``class_ptcl_idxs`` (input indices 
 ``n_kept``, ``n_excluded``, ``mean_score``, ``resolution`` (Å, even/odd half-set FSC = 0.143),
 ``fsc_half``, ``ctf_corrected``, ``class_ptcl_src``.
 ``--resultmx`` also writes the per-particle table (class, used, final transform, score).
+``--chunk i-of-k`` averages only chunk i's classes (:func:`r2d.average.class_chunks`: balanced by
+member count); its result table has class −1 on the other chunks' rows, and ``r2d gather``
+merges the chunks into the same stack and table as one job would write (bit-identical).
 
 The ``ctf.*`` averagers use the per-particle CTF of STAR / cryoSPARC inputs (defocus U/V and
 angle, voltage, Cs, amplitude contrast, phase shift; phase-flipped and CTF-premultiplied
@@ -24,7 +27,7 @@ import numpy as np
 import logging
 
 from r2d import io
-from r2d.average import class_averages
+from r2d.average import class_averages, class_chunks
 from r2d.ctf import ParticleCTF
 from r2d.commands._classopts import add_class_args
 from r2d.commands._common import ParticleRows, add_threads, stack_weight
@@ -42,6 +45,9 @@ def add_args(p):
                         "multi-reference assignment: each particle aligned to its class's previous average) "
                         "instead of bootstrapping those classes (faster; the workflow does not: worse "
                         "averages on the 70S benchmark)")
+    p.add_argument("--chunk", default=None,
+                   help="only the classes of chunk i-of-k (balanced by member count, r2d.average.class_chunks); "
+                        "'r2d gather' merges the chunks' stacks and result tables")
     add_threads(p)
 
 
@@ -66,6 +72,13 @@ def main(args):
     particle = cmx["particle"]
     parts = ParticleRows(stack, particle)  # read block by block: memory does not grow with the stack
     label = np.where(parts.bad(), -1, cmx["class"])  # NaN/Inf or blank particles are never averaged in
+    n_classes = int(label.max(initial=-1)) + 1
+    if args.chunk:  # only this chunk's classes; the others' members are left out (class -1)
+        i, k = io.chunk_index(args.chunk)
+        mine = class_chunks(label, k)[np.maximum(label, 0)] == i - 1
+        label = np.where(mine, label, -1)
+        log.info("chunk %s: %d classes, %d particles", args.chunk, len(np.unique(label[label >= 0])),
+                 int((label >= 0).sum()))
     apix = stack.pixel_size or args.apix
     prior = None
     if args.prior and "aligned" in cmx:
@@ -81,7 +94,7 @@ def main(args):
         averager=args.averager, normproc=args.normproc, center=args.center, automask=args.automask,
         maxshift=args.maxshift, apix=apix, workers=args.threads,
         search_weight=stack_weight(stack, workers=args.threads),
-        ctf=particle_ctf(stack, particle, apix, args.averager), prior=prior,
+        ctf=particle_ctf(stack, particle, apix, args.averager), prior=prior, n_classes=n_classes,
     )
     headers = res.headers()
     for h in headers:  # indices into the input stack, not into the rows of classmx
@@ -94,4 +107,4 @@ def main(args):
             "class": res.label.astype(np.int32), "used": res.used.astype(np.int8), "particle": particle,
             "dx": res.tx.astype(np.float32), "dy": res.ty.astype(np.float32),
             "dalpha": res.alpha.astype(np.float32), "mirror": res.mirror.astype(np.float32),
-            "score": res.score.astype(np.float32)}, {"artifact": "resultmx"})
+            "score": res.score.astype(np.float32)}, {"artifact": "resultmx", "chunk": args.chunk or ""})
