@@ -125,24 +125,33 @@ def source_coords(n: int, alpha, tx, ty, mirror) -> tuple[np.ndarray, np.ndarray
 def transform(images: np.ndarray, alpha, tx, ty, mirror, *, order: int = 1, workers: int = 1) -> np.ndarray:
     """Apply one MTR transform per image: ``(N, n, n)`` -> ``(N, n, n)`` float32.
 
-    Bilinear (``order=1``) inverse mapping (:func:`affine`), zero outside, as EMAN2.
-    Parameters are scalars or arrays of length ``N``. Each image is one
-    ``scipy.ndimage.affine_transform`` call (a 2-D interpolation, about 5x faster than one 3-D
-    ``map_coordinates`` over the stack); ``workers`` threads share the images (ndimage
-    releases the GIL).
+    Bilinear (``order=1``) inverse mapping (:func:`affine`), zero outside, as EMAN2: an output
+    pixel whose source point lies outside ``[0, n-1]²`` is 0 (``scipy.ndimage``'s ``constant``
+    mode; agrees with ``ndimage.affine_transform(order=1, prefilter=False)`` to float
+    rounding). Vectorised over blocks of images (:func:`_bilinear`: four gathers and three
+    linear blends), about 2× faster than one ``ndimage`` call per image; ``order > 1`` uses
+    ``ndimage`` (spline, no prefilter). Parameters are scalars or arrays of length ``N``;
+    ``workers`` threads share the blocks (numpy releases the GIL). Each image's values depend
+    only on that image and its transform.
     """
     images = np.asarray(images)
     N, n, _ = images.shape
     mats, offs = affine(n, *(np.broadcast_to(np.asarray(p, dtype=np.float64), (N,)) for p in (alpha, tx, ty, mirror)))
     src = images.astype(np.float32, copy=False)
     out = np.empty((N, n, n), dtype=np.float32)
+    step = max(1, (1 << 17) // (n * n))  # images per block: ~1 MB of float64 coordinates per array
 
     def work(lo, hi):
+        if order == 1:
+            for b in range(lo, hi, step):
+                e = min(hi, b + step)
+                out[b:e] = _bilinear(src[b:e], mats[b:e], offs[b:e])
+            return
         for i in range(lo, hi):
             ndimage.affine_transform(src[i], mats[i], offs[i], output=out[i], order=order, mode="constant",
                                      cval=0.0, prefilter=False)
 
-    workers = max(1, min(int(workers), N))
+    workers = max(1, min(int(workers), -(-N // step)))
     if workers == 1:
         work(0, N)
     else:
@@ -152,6 +161,33 @@ def transform(images: np.ndarray, alpha, tx, ty, mirror, *, order: int = 1, work
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(work, bounds[:-1], bounds[1:]))
     return out
+
+
+def _bilinear(src: np.ndarray, mats: np.ndarray, offs: np.ndarray) -> np.ndarray:
+    """Bilinear samples ``(B, n, n)`` float32 of images ``src`` ``(B, n, n)`` float32 at
+    ``(y, x) = A (y', x') + o`` (``mats`` ``(B, 2, 2)``, ``offs`` ``(B, 2)``, float64) for every
+    output pixel ``(y', x')``; 0 where the point is outside ``[0, n-1]²``."""
+    B, n, _ = src.shape
+    g = np.arange(n, dtype=np.float64)
+    yo, xo = g[None, :, None], g[None, None, :]
+    y = mats[:, 0, 0, None, None] * yo + mats[:, 0, 1, None, None] * xo + offs[:, 0, None, None]
+    x = mats[:, 1, 0, None, None] * yo + mats[:, 1, 1, None, None] * xo + offs[:, 1, None, None]
+    valid = (x >= 0) & (x <= n - 1) & (y >= 0) & (y <= n - 1)
+    y0, x0 = np.floor(y), np.floor(x)
+    fy, fx = (y - y0).astype(np.float32), (x - x0).astype(np.float32)
+    yi = np.clip(y0, 0, n - 1).astype(np.intp)
+    xi = np.clip(x0, 0, n - 1).astype(np.intp)
+    yj, xj = np.minimum(yi + 1, n - 1), np.minimum(xi + 1, n - 1)  # weight 0 where clipped (at n-1)
+    base = (np.arange(B, dtype=np.intp) * (n * n))[:, None, None]
+    flat = src.reshape(-1)
+    ri, rj = base + yi * n, base + yj * n
+    top = np.take(flat, ri + xi)
+    top += fx * (np.take(flat, ri + xj) - top)
+    bot = np.take(flat, rj + xi)
+    bot += fx * (np.take(flat, rj + xj) - bot)
+    top += fy * (bot - top)
+    top *= valid
+    return top
 
 
 def fourier_shift(images: np.ndarray, sx, sy, *, workers: int = 1) -> np.ndarray:
