@@ -162,11 +162,11 @@ def test_refine_never_worsens_the_first_stage_score(ribosome_projections):
 @pytest.mark.parametrize("K,Lo,L", [(1, 1, 64), (9, 32, 128), (17, 32, 128), (33, 64, 256), (60, 128, 256),
                                     (65, 128, 256), (65, 128, 128), (40, 1, 256)])
 def test_angular_correlation_matches_its_definition(K, Lo, L):
-    """The angular correlation from band-limited cross-spectra (BLAS synthesis up to 64 lags,
-    the inverse FFT above) is the circular correlation Σ_θ p(θ+τ)·q(θ) of the two length-L
-    signals at the lags τ·L/Lo, whatever the band: also where the band reaches Lo/2 (which an
-    inverse FFT of length Lo would take for a Nyquist term), at L/2 (the true Nyquist term)
-    and for the zero lag alone (Lo = 1, the translational search)."""
+    """The angular correlation from band-limited cross-spectra (an inverse FFT of length Lo)
+    is the circular correlation Σ_θ p(θ+τ)·q(θ) of the two length-L signals at the lags
+    τ·L/Lo, whatever the band: also where the band reaches Lo/2 (which the inverse FFT would
+    take once, as its Nyquist term, for what are two frequencies ±Lo/2 of the signals), at L/2
+    (the true Nyquist term) and for the zero lag alone (Lo = 1, the translational search)."""
     import scipy.fft as sfft
 
     from r2d.align import _angular_ifft
@@ -244,6 +244,31 @@ def test_results_do_not_depend_on_how_particles_are_chunked(ribosome_projections
         for key in ("alpha", "tx", "ty", "mirror", "score"):
             np.testing.assert_array_equal(np.concatenate([getattr(p, key) for p in parts_of]), getattr(whole, key))
             np.testing.assert_array_equal(np.concatenate([getattr(p, key) for p in pairs_of]), getattr(whole_p, key))
+
+
+def test_pairs_do_not_depend_on_the_other_references(ribosome_projections):
+    """Pairs mode (class averaging): a particle's answer against its reference is bit-identical
+    whether the call holds every reference or only those of its class chunk (the others
+    empty, as in the workflow's classes_chunk jobs), for the tree search and for the local
+    search around a prior: each reference keeps its own angular band."""
+    clean, _ = ribosome_projections
+    rng = np.random.default_rng(4)
+    refs = clean[:6]
+    pairs = rng.integers(0, 6, 30)
+    parts, _ = _particles_of(refs[pairs], rng)
+    whole = align(parts, refs, "rotate_translate_tree", "ccc", pairs=pairs)
+    prior = whole.params()
+    whole_l = align(parts, refs, "rotate_translate_tree", "ccc", pairs=pairs, prior=prior)
+    for keep in ([0, 1, 2], [3], [4, 5]):
+        sel = np.isin(pairs, keep)
+        sub = np.zeros_like(refs)
+        sub[keep] = refs[keep]
+        a = align(parts[sel], sub, "rotate_translate_tree", "ccc", pairs=pairs[sel])
+        loc = align(parts[sel], sub, "rotate_translate_tree", "ccc", pairs=pairs[sel],
+                    prior=tuple(p[sel] for p in prior))
+        for key in ("alpha", "tx", "ty", "mirror", "score"):
+            np.testing.assert_array_equal(getattr(a, key), getattr(whole, key)[sel])
+            np.testing.assert_array_equal(getattr(loc, key), getattr(whole_l, key)[sel])
 
 
 def _particles_of(refs, rng, snr=0.5, shift=3.0):

@@ -267,24 +267,20 @@ def _out_len(L: int, K: int) -> int:
     return int(min(L, max(32, 2 ** int(np.ceil(np.log2(max(2 * (K - 1), 1)))))))
 
 
-def _fft_len(K: int, Lo: int, L: int) -> int:
-    """Length of the inverse FFT :func:`_angular_ifft` uses: ``Lo``, or ``2·Lo`` when the band
-    reaches ``Lo/2`` (which irfft would take for a Nyquist term)."""
-    return Lo if 2 * (K - 1) < Lo or Lo == L else 2 * Lo
-
-
 def _ifft_scale(K: int, Lo: int, L: int) -> float:
     """Factor from ``_angular_ifft(..., scaled=False)`` to the correlation coefficient."""
-    return 1.0 if Lo == 1 else _fft_len(K, Lo, L) / L
+    return 1.0 if Lo == 1 else Lo / L
 
 
 def _angular_ifft(X: np.ndarray, Lo: int, L: int, workers: int = 1, scaled: bool = True) -> np.ndarray:
     """Correlation functions ``(Lo, ...)`` float32 from band-limited cross-spectra ``X``
     ``(K, ...)`` complex64 of length-``L`` polar signals: the band-limited correlation
-    ``(1/L)·Σ_{|k|<K} X_k e^{2πikτ/Lo}`` (``X_{-k} = conj X_k``) at ``Lo`` equally spaced lags, by an
-    inverse FFT along the first axis (``Lo = 1``: the zero lag only, a weighted sum).
-    ``scaled=False`` leaves out the constant factor :func:`_ifft_scale` (the caller scales
-    only the peak values it keeps).
+    ``(1/L)·Σ_{|k|<K} X_k e^{2πikτ/Lo}`` (``X_{-k} = conj X_k``) at ``Lo ≥ 2(K-1)`` equally spaced
+    lags, by a length-``Lo`` inverse FFT along the first axis (``Lo = 1``: the zero lag only, a
+    weighted sum). When the band reaches ``Lo/2 < L/2``, that term stands for ``±Lo/2`` (two
+    frequencies of the length-``L`` signal, ``2·Re X·(-1)^τ`` at the lags) where irfft takes it
+    once as its Nyquist term: it is doubled first. ``scaled=False`` leaves out the constant
+    factor :func:`_ifft_scale` (the caller scales only the peak values it keeps).
 
     Each column's values never depend on the other columns (an FFT per line, a sum along the
     first axis); a matrix product here (BLAS) was about 20 % faster for ``Lo ≤ 64`` but
@@ -295,9 +291,13 @@ def _angular_ifft(X: np.ndarray, Lo: int, L: int, workers: int = 1, scaled: bool
     if Lo == 1:
         w = np.where((np.arange(K) == 0) | (2 * np.arange(K) == L), 1.0, 2.0).astype(np.float32) / np.float32(L)
         return (w.reshape((K,) + (1,) * (X.ndim - 1)) * X.real).sum(axis=0, keepdims=True)
-    m = _fft_len(K, Lo, L)
-    C = sfft.irfft(X, n=m, axis=0, workers=workers)[:: m // Lo].astype(np.float32, copy=False)
-    return C * np.float32(m / L) if scaled else C
+    if 2 * (K - 1) > Lo:
+        raise ValueError(f"{Lo} lags cannot hold a band of {K} frequencies")
+    if 2 * (K - 1) == Lo < L:
+        X = X.copy()
+        X[K - 1] *= 2
+    C = sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
+    return C * np.float32(Lo / L) if scaled else C
 
 
 def _ref_layout(ref_ft: np.ndarray, nm: int) -> np.ndarray:
