@@ -162,8 +162,8 @@ def test_refine_never_worsens_the_first_stage_score(ribosome_projections):
 @pytest.mark.parametrize("K,Lo,L", [(1, 1, 64), (9, 32, 128), (17, 32, 128), (33, 64, 256), (60, 128, 256),
                                     (65, 128, 256), (65, 128, 128), (40, 1, 256)])
 def test_angular_correlation_matches_its_definition(K, Lo, L):
-    """The angular correlation from band-limited cross-spectra (an inverse FFT of length Lo)
-    is the circular correlation Σ_θ p(θ+τ)·q(θ) of the two length-L signals at the lags
+    """The angular correlation from band-limited cross-spectra (a BLAS synthesis up to 64 lags,
+    an inverse FFT of length Lo above) is the circular correlation Σ_θ p(θ+τ)·q(θ) of the two length-L signals at the lags
     τ·L/Lo, whatever the band: also where the band reaches Lo/2 (which the inverse FFT would
     take once, as its Nyquist term, for what are two frequencies ±Lo/2 of the signals), at L/2
     (the true Nyquist term) and for the zero lag alone (Lo = 1, the translational search)."""
@@ -180,6 +180,20 @@ def test_angular_correlation_matches_its_definition(K, Lo, L):
     want = np.array([(np.roll(p, -t, axis=-1) * q).sum(-1) for t in lags])   # (Lo, 6)
     got = _angular_ifft(X, Lo, L)
     np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("K,Lo,L", [(17, 32, 128), (32, 64, 256), (40, 128, 256)])
+def test_angular_correlation_of_a_column_does_not_depend_on_the_others(K, Lo, L):
+    """Bit-identical correlation functions for a column whatever else is in the call (the
+    columns of other particles, references and shifts; as many as a chunk happens to hold),
+    also through the BLAS synthesis products (fixed-shape blocks)."""
+    from r2d.align import _angular_ifft
+
+    rng = np.random.default_rng(K)
+    X = (rng.normal(size=(K, 9001)) + 1j * rng.normal(size=(K, 9001))).astype(np.complex64)
+    whole = _angular_ifft(X, Lo, L, workers=2)
+    for a, b in ((0, 1), (1, 104), (104, 260), (5000, 9001), (3, 8999)):
+        np.testing.assert_array_equal(_angular_ifft(X[:, a:b], Lo, L, workers=1), whole[:, a:b])
 
 
 def test_self_alignment_scores_a_correlation_coefficient_of_one(ribosome_projections):
