@@ -12,7 +12,7 @@ Checks:
 * the Snakemake SLURM executor plugin submits one SLURM job per rule with the
   rule's ``threads`` and ``resources.mem_mb`` and the outputs appear;
 * the r2d workflow itself, run through ``workflow/profiles/slurm`` on a tiny simulated
-  data set with ``chunks: 3``: every Snakemake job (each simmx/mra/input_proj chunk included) is its
+  data set with ``chunks: 3``: every Snakemake job (each simmx/mra/input_proj/classes chunk included) is its
   own SLURM job with the CPUs, memory and time limit the workflow declared (read from a
   dry run), and the classes equal those of a local unchunked run.
 """
