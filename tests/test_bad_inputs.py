@@ -337,7 +337,7 @@ def test_whole_number_floats_become_ints_and_defaults_are_filled(template, monke
     cfg = dict(BASE, ncls=4.0)
     check_workflow_config(cfg)
     assert cfg["ncls"] == 4 and type(cfg["ncls"]) is int
-    assert cfg["classkeep"] == 0.85 and cfg["chunks"] == 1 and cfg["exclude"] is None
+    assert cfg["classkeep"] == 0.85 and cfg["chunks"] == 2 and cfg["threads"] == 1 and cfg["exclude"] is None
 
 
 def test_nonstandard_real_mrc_header_is_read_with_a_warning(tmp_path, monkeypatch):

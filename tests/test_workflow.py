@@ -67,6 +67,20 @@ def test_dry_run_lists_whole_plan(finished_run):
         assert jobs[rule] == CONFIG["iter"], rule
 
 
+def test_resources_config_accepts_every_rule(finished_run):
+    """`resources` in the config accepts exactly the workflow's rules (the schema's list
+    follows the rules: a new rule, like the class-averaging chunks, must be added to it)."""
+    import yaml
+
+    wd, _ = finished_run
+    r = smk(wd, "--list-rules")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rules = {ln.strip() for ln in r.stdout.splitlines() if re.fullmatch(r"\s*\w+\s*", ln)} - {"all"}
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    allowed = set(schema["properties"]["resources"]["propertyNames"]["enum"])
+    assert "classes_chunk" in rules and rules == allowed, (sorted(rules - allowed), sorted(allowed - rules))
+
+
 def test_every_artifact_written(finished_run):
     wd, _ = finished_run
     run = wd / "run"
