@@ -9,6 +9,7 @@ Stored transforms are ``T(particle) ≈ class average`` (:mod:`r2d.transforms` c
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass
 
@@ -113,8 +114,6 @@ def class_chunks(label: np.ndarray, k: int) -> np.ndarray:
     classes by decreasing member count (ties: lower class first), each to the chunk with the
     fewest members so far (ties: lower chunk). Balances the work; depends only on ``label``
     (``(N,)`` ints, −1 = in no class), so every chunk job computes the same split."""
-    import heapq
-
     label = np.asarray(label)
     counts = np.bincount(label[label >= 0], minlength=int(label.max(initial=-1)) + 1)
     out = np.zeros(len(counts), dtype=np.int64)
