@@ -456,7 +456,7 @@ def _grid_search(particles, ref_ft, L, shifts, nm, *, pairs=None, rotate=True, w
     pairs = np.asarray(pairs)
     ft = ref_ft.reshape((nm, Rn) + ref_ft.shape[1:])
     power = (np.abs(ft.reshape(nm, Rn, -1, Kf)) ** 2).sum(axis=(0, 2), dtype=np.float64)   # (Rn, K)
-    Kr = np.array([min(cap, -(-_band_from_power(p, Kf) // BAND_STEP) * BAND_STEP) for p in power])
+    Kr = np.array([_rounded_band(p, cap) for p in power])
     out = [np.zeros(N) for _ in range(5)]
     for K in np.unique(Kr[pairs]):
         sel = np.flatnonzero(Kr[pairs] == K)
@@ -584,6 +584,13 @@ CACHE_BYTES = 256 << 20
 BAND_STEP = 8
 
 
+def _rounded_band(power: np.ndarray, cap: int) -> int:
+    """One reference's band (:func:`_band_from_power` of its power per angular frequency)
+    rounded up to ``BAND_STEP``, at most ``cap``."""
+    k = _band_from_power(power, len(power))
+    return int(min(cap, -(-k // BAND_STEP) * BAND_STEP))
+
+
 def _ref_bands(refs, js, L, shifts, mirrors, workers, cache=None) -> np.ndarray:
     """Angular band (:func:`angular_band`) of each reference ``js``, from its own polar FTs
     (unshifted and at up to 8 of the outermost ``shifts``, where off-centre sampling widens
@@ -610,8 +617,7 @@ def _ref_bands(refs, js, L, shifts, mirrors, workers, cache=None) -> np.ndarray:
                 ft = polar_ft(refs[sel], L, pick, m, workers)                       # (j, S, R, K)
                 power += (np.abs(ft) ** 2).sum(axis=(1, 2), dtype=np.float64)
             for j, p in zip(sel, power):
-                k = _band_from_power(p, Kf)
-                cache[("band", n, int(j))] = int(min(Kf, -(-k // BAND_STEP) * BAND_STEP))
+                cache[("band", n, int(j))] = _rounded_band(p, Kf)
     return np.array([cache[("band", n, int(j))] for j in js], dtype=np.int64)
 
 

@@ -195,10 +195,11 @@ def half_sums(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, *,
     of classes are bit-identical to those computed all at once).
     """
     images = np.asarray(images, dtype=np.float32)
+    label = np.asarray(label)
     N, n, _ = images.shape
     nk = n // 2 + 1
     if half is None:
-        half = half_index(np.asarray(label), np.asarray(use, dtype=bool))
+        half = half_index(label, np.asarray(use, dtype=bool))
     alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (N,))
     mirror = np.broadcast_to(np.asarray(mirror, dtype=np.float64), (N,))
     if into is None:
@@ -206,24 +207,21 @@ def half_sums(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, *,
                         np.zeros((2, K, n, nk) if ctf is not None else (2, K, 1, 1), np.float64), np.zeros((2, K)))
     num = into.num.reshape(2 * K, n * nk)
     den = into.den.reshape(2 * K, -1)
-    sel_all = np.flatnonzero((half >= 0) & (np.asarray(label) >= 0))
+    sel_all = np.flatnonzero((half >= 0) & (label >= 0))
     batch = batch or _batch(n)
     for lo in range(0, len(sel_all), batch):
         sel = sel_all[lo:lo + batch]
         F = sfft.rfft2(images[sel], workers=workers).reshape(len(sel), -1)
-        w = None
+        w = np.ones((len(sel), 1))  # without CTF the denominator is the member count
         if ctf is not None:
             c, w = ctf.take(sel).wiener_terms(n, alpha[sel], mirror[sel])
             F *= c.reshape(len(sel), -1)
             w = w.reshape(len(sel), -1)
-        slot = half[sel] * K + np.asarray(label)[sel]
+        slot = half[sel] * K + label[sel]
         for i, k in enumerate(slot):  # one vector addition per member (see above): O(members), not pixels
             num[k] += F[i]
-            if w is not None:
-                den[k] += w[i]
-            else:
-                den[k] += 1.0
-        np.add.at(into.count, (half[sel], np.asarray(label)[sel]), 1.0)
+            den[k] += w[i]
+        np.add.at(into.count, (half[sel], label[sel]), 1.0)
     return into
 
 

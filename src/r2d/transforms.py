@@ -115,8 +115,14 @@ def affine(n: int, alpha, tx, ty, mirror) -> tuple[np.ndarray, np.ndarray]:
 def source_coords(n: int, alpha, tx, ty, mirror) -> tuple[np.ndarray, np.ndarray]:
     """Input-pixel coordinates ``(y, x)``, each ``(N, n, n)``, sampled for each output pixel
     (the mapping of :func:`affine`)."""
-    mats, offs = affine(n, alpha, tx, ty, mirror)
-    yo, xo = np.mgrid[0:n, 0:n].astype(np.float64)
+    return _source_points(n, *affine(n, alpha, tx, ty, mirror))
+
+
+def _source_points(n: int, mats: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, x)`` float64 ``(N, n, n)``: ``A (y', x') + o`` for every output pixel (``mats``
+    ``(N, 2, 2)``, ``offs`` ``(N, 2)`` from :func:`affine`)."""
+    g = np.arange(n, dtype=np.float64)
+    yo, xo = g[None, :, None], g[None, None, :]
     y = mats[:, 0, 0, None, None] * yo + mats[:, 0, 1, None, None] * xo + offs[:, 0, None, None]
     x = mats[:, 1, 0, None, None] * yo + mats[:, 1, 1, None, None] * xo + offs[:, 1, None, None]
     return y, x
@@ -168,10 +174,7 @@ def _bilinear(src: np.ndarray, mats: np.ndarray, offs: np.ndarray) -> np.ndarray
     ``(y, x) = A (y', x') + o`` (``mats`` ``(B, 2, 2)``, ``offs`` ``(B, 2)``, float64) for every
     output pixel ``(y', x')``; 0 where the point is outside ``[0, n-1]²``."""
     B, n, _ = src.shape
-    g = np.arange(n, dtype=np.float64)
-    yo, xo = g[None, :, None], g[None, None, :]
-    y = mats[:, 0, 0, None, None] * yo + mats[:, 0, 1, None, None] * xo + offs[:, 0, None, None]
-    x = mats[:, 1, 0, None, None] * yo + mats[:, 1, 1, None, None] * xo + offs[:, 1, None, None]
+    y, x = _source_points(n, mats, offs)
     valid = (x >= 0) & (x <= n - 1) & (y >= 0) & (y <= n - 1)
     y0, x0 = np.floor(y), np.floor(x)
     fy, fx = (y - y0).astype(np.float32), (x - x0).astype(np.float32)

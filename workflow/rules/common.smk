@@ -134,9 +134,8 @@ def final_outputs():
 N_USED = max(1, INPUT_FACTS.get("n_used", INPUT_FACTS.get("n", 1)))
 BOX = INPUT_FACTS.get("box", 64)
 IMG_MB = BOX * BOX * 4 / 2**20  # one float32 image
-BLOCK = image_block(
-    BOX
-)  # particles a per-particle step holds at once (64 MiB of images)
+# particles a per-particle step holds at once (64 MiB of images)
+BLOCK = image_block(BOX)
 # kind: (A MiB, I images per particle, particles held, s CPU s per particle at 64 px, passes)
 _RES = {
     "input_fp": (0, 3, "subset", 0.001, 1),

@@ -21,6 +21,7 @@ import numpy as np
 
 from r2d import io
 
+
 def add_args(p):
     p.add_argument("chunks", nargs="+", help="chunk files, in chunk order")
     p.add_argument("-o", "--output", required=True, help="merged artifact (.h5 matrix or .hdf class averages)")
