@@ -551,6 +551,64 @@ def test_cs_synthetic_project(tmp_path, monkeypatch):
     assert list(s.metadata["alignments2D/shift/1"]) == [2, 4, 6]
 
 
+# ----------------------------------------------------------------------------- particle index
+def _same_stack(a: io.Stack, b: io.Stack):
+    assert a.shape == b.shape and a.pixel_size == b.pixel_size
+    rows = np.random.default_rng(0).permutation(a.n)
+    np.testing.assert_array_equal(a.read(rows), b.read(rows))
+    ca, cb = a.ctf_params(), b.ctf_params()
+    assert (ca is None) == (cb is None)
+    for key, value in (cb or {}).items():
+        assert ca[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(ca[key], value)
+
+
+def test_particle_index_reads_like_its_input(tmp_path, monkeypatch):
+    """The index of a STAR file with two stacks, interleaved rows and two optics groups (phase
+    flipped and premultiplied flags per particle) gives the same images, CTF and pixel size,
+    from any working directory, and names the STAR as its source; so does the index of a plain stack."""
+    test_star_relion31_style_two_optics_groups(tmp_path, monkeypatch)  # writes sub/p.star in tmp_path
+    star = io.open_stack("sub/p.star")
+    io.write_particle_index(star, tmp_path / "run" / "particles.h5")
+    monkeypatch.chdir(tmp_path / "run")
+    idx = io.open_stack("particles.h5")
+    _same_stack(idx, star)
+    assert idx.source == Path("sub/p.star") and idx.metadata is None
+    assert len(idx.files) == 2
+    stack = images(6, 8, seed=3)
+    io.write_mrcs(tmp_path / "plain.mrcs", stack, pixel_size=2.5)
+    plain = io.open_stack(tmp_path / "plain.mrcs")
+    io.write_particle_index(plain, tmp_path / "plain_index.h5")
+    _same_stack(io.open_stack(tmp_path / "plain_index.h5"), plain)
+
+
+@pytest.mark.parametrize("name", ["relion31.star", "empiar_10076_7.star"])
+def test_particle_index_of_real_relion_files(tmp_path, name):
+    star = io.open_stack(real(name))
+    io.write_particle_index(star, tmp_path / "particles.h5")
+    _same_stack(io.open_stack(tmp_path / "particles.h5"), star)
+
+
+def test_particle_index_command_and_stale_index(tmp_path, monkeypatch):
+    """`r2d index` writes the index without touching its input; an index whose image file is
+    gone, or shorter than it was, says so and how to remake it."""
+    from r2d import cli
+
+    names, expected = _two_stacks(tmp_path)
+    starfile.write(pd.DataFrame({"rlnImageName": names}), tmp_path / "p.star")
+    before = {p: p.read_bytes() for p in [tmp_path / "p.star", *(tmp_path / "stacks").iterdir()]}
+    assert cli.main(["index", str(tmp_path / "p.star"), "-o", str(tmp_path / "run" / "particles.h5")]) == 0
+    assert {p: p.read_bytes() for p in before} == before
+    np.testing.assert_array_equal(io.open_stack(tmp_path / "run" / "particles.h5").read(slice(None)), expected)
+    assert io.open_stack(tmp_path / "run" / "particles.h5").ctf_params() is None
+    io.write_mrcs(tmp_path / "stacks" / "a.mrcs", images(2, 8))  # 4 images before
+    with pytest.raises(InputError, match=r"particles\.h5: refers to images past the end.*--forcerun particles"):
+        io.open_stack(tmp_path / "run" / "particles.h5")
+    (tmp_path / "stacks" / "b.mrcs").unlink()
+    with pytest.raises(InputError, match=r"particles\.h5: image file .*b\.mrcs \(from .*p\.star\) is gone"):
+        io.open_stack(tmp_path / "run" / "particles.h5")
+
+
 # ----------------------------------------------------------------------------- RELION itself
 @pytest.mark.skipif(shutil.which("relion_image_handler") is None, reason="RELION not installed")
 def test_relion_reads_write_mrcs_output(tmp_path):

@@ -61,7 +61,7 @@ def finished_run(tmp_path_factory):
 def test_dry_run_lists_whole_plan(finished_run):
     _, dry = finished_run
     jobs = planned_jobs(dry)
-    for rule in ("input_fp", "input_fp_basis", "input_fp_basis_proj", "classmx_00", "classes_init"):
+    for rule in ("particles", "input_fp", "input_fp_basis", "input_fp_basis_proj", "classmx_00", "classes_init"):
         assert jobs[rule] == 1
     for rule in ("allrefs", "basis", "aliref", "simmx", "input_proj", "classmx", "classes"):
         assert jobs[rule] == CONFIG["iter"], rule
@@ -86,6 +86,9 @@ def test_every_artifact_written(finished_run):
     run = wd / "run"
     for name in ("input_fp.h5", "input_fp_basis.hdf", "input_fp_basis_proj.h5", "classmx_00.h5", "classes_init.hdf"):
         assert (run / name).is_file(), name
+    index = io.open_stack(run / "particles.h5")  # every step read the particles through it
+    assert index.source == Path("data/particles.star") and index.n == 60
+    assert io.read_image_headers(run / "classes_init.hdf")[0]["class_ptcl_src"] == "data/particles.star"
     for it in range(1, CONFIG["iter"] + 1):
         for name in ("allrefs_{}.hdf", "basis_{}.hdf", "aliref_{}.hdf", "simmx_{}.h5", "input_{}_proj.h5",
                      "classmx_{}.h5", "classes_{}.hdf"):

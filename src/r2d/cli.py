@@ -21,6 +21,7 @@ COMMANDS = {
     "simulate": "simulate",
     "evaluate": "evaluate",
     # pipeline steps (one per Snakemake rule)
+    "index": "index",
     "invariants": "invariants",
     "msa": "msa",
     "project": "project",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
-from scipy import ndimage
 
 # ----------------------------------------------------------------------------------------
 # transform parameters
@@ -153,6 +152,8 @@ def transform(images: np.ndarray, alpha, tx, ty, mirror, *, order: int = 1, work
                 e = min(hi, b + step)
                 out[b:e] = _bilinear(src[b:e], mats[b:e], offs[b:e])
             return
+        from scipy import ndimage  # only for order != 1 (imported here: 50 ms per job otherwise)
+
         for i in range(lo, hi):
             ndimage.affine_transform(src[i], mats[i], offs[i], output=out[i], order=order, mode="constant",
                                      cval=0.0, prefilter=False)
@@ -282,9 +283,11 @@ def normalize(images: np.ndarray, mode: str = "normalize", radius: float | None 
     else:
         raise ValueError(f"unknown normalisation {mode!r}")
     ok = sd > 0
-    sd = np.where(ok, sd, 1.0)
-    mu = np.where(ok, mu, 0.0)
-    return ((images - mu[:, None, None]) / sd[:, None, None]).astype(np.float32)
+    sd = np.where(ok, sd, 1.0).astype(np.float32)
+    mu = np.where(ok, mu, 0.0).astype(np.float32)
+    out = images - mu[:, None, None]  # float32 throughout (a float64 μ would promote the stack)
+    out /= sd[:, None, None]
+    return out
 
 
 def gaussian_mask(n: int, inner: float, width: float) -> np.ndarray:

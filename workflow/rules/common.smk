@@ -39,6 +39,10 @@ def art(name):
     return f"{RUN}/{name}"
 
 
+# the particles as every step reads them: the index of the input (rule particles)
+PARTICLES = art("particles.h5")
+
+
 def iteration_seed(it):
     """Seed of every random step of iteration `it` (0 = initial stage)."""
     return config["seed"] * 1000 + int(it)

@@ -1,9 +1,28 @@
 """Initial stage (e2refine2d §1.2): invariants -> MSA -> projection -> k-means -> classes_init."""
 
 
+rule particles:
+    input:
+        config["input"],
+    output:
+        PARTICLES,
+    log:
+        art("logs/particles.log"),
+    benchmark:
+        art("benchmarks/particles.tsv")
+    conda:
+        "../envs/r2d.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("particles", "gather"),
+        runtime=runtime_min("particles", "gather"),
+    shell:
+        "r2d index {input} -o {output} > {log} 2>&1"
+
+
 rule input_fp:
     input:
-        particles=config["input"],
+        particles=PARTICLES,
         exclude=exclude_input,
     output:
         art("input_fp.h5"),
@@ -96,7 +115,7 @@ rule classmx_00:
 
 rule classes_init_chunk:
     input:
-        particles=config["input"],
+        particles=PARTICLES,
         classmx=art("classmx_00.h5"),
     output:
         classes=temp(art("classes_init/{scatteritem}.hdf")),

@@ -76,7 +76,7 @@ rule aliref:
 rule simmx_chunk:
     input:
         refs=art("aliref_{it}.hdf"),
-        particles=config["input"],
+        particles=PARTICLES,
         exclude=exclude_input,
     output:
         temp(art("simmx_{it}/{scatteritem}.h5")),
@@ -122,7 +122,7 @@ rule simmx:
 use rule simmx_chunk as mra_chunk with:
     input:
         refs=prev_classes,
-        particles=config["input"],
+        particles=PARTICLES,
         exclude=exclude_input,
     output:
         temp(art("mra_{it}/{scatteritem}.h5")),
@@ -161,7 +161,7 @@ rule mra:
 
 rule input_proj_chunk:
     input:
-        particles=config["input"],
+        particles=PARTICLES,
         basis=art("basis_{it}.hdf"),
         simmx=art("simmx_{it}.h5"),
     output:
@@ -231,7 +231,7 @@ rule classmx:
 
 rule classes_chunk:
     input:
-        particles=config["input"],
+        particles=PARTICLES,
         classmx=art("classmx_{it}.h5"),
     output:
         classes=temp(art("classes_{it}/{scatteritem}.hdf")),

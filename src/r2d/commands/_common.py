@@ -69,7 +69,7 @@ def _report_bad(stack: io.Stack, idx: np.ndarray, codes: np.ndarray, what: str) 
     shown = 200
     items = ", ".join(f"{int(idx[b])} ({io.IMAGE_PROBLEMS[int(codes[b])]})" for b in bad[:shown])
     more = f", ... ({len(bad)} in all)" if len(bad) > shown else ""
-    log.warning("%s: %d particle(s) with NaN/Inf pixels or zero variance %s: %s%s", stack.path, len(bad),
+    log.warning("%s: %d particle(s) with NaN/Inf pixels or zero variance %s: %s%s", stack.source, len(bad),
                 what, items, more)
 
 
@@ -161,6 +161,6 @@ def stack_weight(stack: io.Stack, *, workers: int = 1) -> np.ndarray:
     sample = stack.read(sample_indices(len(stack)))
     good = io.image_problems(sample) == 0
     if not good.any():
-        raise InputError(f"{stack.path}: every particle of a sample of {len(sample)} has NaN/Inf pixels or zero "
+        raise InputError(f"{stack.source}: every particle of a sample of {len(sample)} has NaN/Inf pixels or zero "
                          "variance; the stack is blank or corrupt, re-extract the particles")
     return spectral_snr_weight(sample[good], workers=workers)

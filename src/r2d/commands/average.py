@@ -61,7 +61,7 @@ def particle_ctf(stack: io.Stack, particle: np.ndarray, apix: float | None, aver
         return None
     ctf, why = ParticleCTF.from_params(stack.ctf_params(), apix)
     if ctf is None:
-        log.warning("%s: no CTF correction in class averaging: %s", stack.path, why)
+        log.warning("%s: no CTF correction in class averaging: %s", stack.source, why)
         return None
     return ctf.take(particle)
 
@@ -100,7 +100,7 @@ def main(args):
     for h in headers:  # indices into the input stack, not into the rows of classmx
         h["class_ptcl_idxs"] = particle[h["class_ptcl_idxs"]]
         h["exc_class_ptcl_idxs"] = particle[h["exc_class_ptcl_idxs"]]
-        h["class_ptcl_src"] = str(args.input)
+        h["class_ptcl_src"] = str(stack.source)
     io.write_image_stack(args.output, res.averages, headers, pixel_size=apix)
     if args.resultmx:
         io.write_matrix(args.resultmx, {

@@ -54,4 +54,4 @@ def main(args):
         raise InputError(f"{args.input}: no usable particle (all have NaN/Inf pixels or zero variance)")
     fp, idx = np.concatenate(fps), np.concatenate(kept)
     io.write_matrix(args.output, {"fp": fp.astype(np.float32), "particle": idx.astype(np.int64)},
-                    {"artifact": "input_fp", "input": str(args.input)})
+                    {"artifact": "input_fp", "input": str(stack.source)})
