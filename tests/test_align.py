@@ -285,6 +285,29 @@ def test_pairs_do_not_depend_on_the_other_references(ribosome_projections):
             np.testing.assert_array_equal(getattr(loc, key), getattr(whole_l, key)[sel])
 
 
+def test_candidates_are_halved_at_each_finer_level(ribosome_projections):
+    """``candidates`` (mra): the coarse level keeps each particle's best 8 of 12 references;
+    with two finer levels (64 px, maxshift 12: 16 → 32 → 64 px) the full-size level searches
+    the best 4 of them (``PRUNE_TO``), the rest scoring +inf. A searched pair's numbers are
+    bit-identical to an unpruned search's, and the best reference is the true one."""
+    from r2d.align import PRUNE_TO, coarse_factor
+
+    clean, _ = ribosome_projections
+    assert coarse_factor(64, 12) == 4 and PRUNE_TO == 4
+    rng = np.random.default_rng(21)
+    refs = clean[:12]
+    true = rng.integers(0, 12, 40)
+    parts, _ = _particles_of(refs[true], rng, snr=1.0)
+    full = align(parts, refs, "rotate_translate_tree:maxshift=12", "ccc")
+    cand = align(parts, refs, "rotate_translate_tree:maxshift=12", "ccc", candidates=8)
+    searched = np.isfinite(cand.score)
+    assert np.all(searched.sum(axis=1) == 4)
+    for key in ("alpha", "tx", "ty", "mirror", "score"):
+        np.testing.assert_array_equal(getattr(cand, key)[searched], getattr(full, key)[searched])
+    assert np.mean(cand.score.argmin(axis=1) == true) >= 0.95
+    assert np.array_equal(cand.score.argmin(axis=1), full.score.argmin(axis=1))
+
+
 def _particles_of(refs, rng, snr=0.5, shift=3.0):
     N = len(refs)
     alpha = rng.uniform(-180, 180, N)

@@ -122,6 +122,9 @@ CASES = [
     Case("threads not a number", ConfigError, r"^threads: 'two' is not a whole number", {"threads": "two"}),
     Case("boolean as text", ConfigError, r"^classkeepsig: 'yes please' is not true or false",
          {"classkeepsig": "yes please"}),
+    Case("boolean as --config text", ConfigError,
+         r"^classprior: 'false' is not true or false.*snakemake --config reads only True and False: "
+         r"classprior=False", {"classprior": "false"}),
     Case("classkeep 0", ConfigError, r"^classkeep: 0 is out of range; it must be greater than 0",
          {"classkeep": 0}),
     Case("input key missing", ConfigError, r"^input: missing; set `input`", {"input": None}),

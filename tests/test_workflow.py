@@ -129,6 +129,28 @@ def test_raising_iter_runs_only_new_iterations(finished_run):
     assert iters <= {"05", "06"}, iters
 
 
+def _class_commands(result) -> dict[str, list[str]]:
+    """The `r2d average` command lines of a dry run (-p), by rule."""
+    out = result.stdout + result.stderr
+    cmds: dict[str, list[str]] = {}
+    for rule, body in re.findall(r"rule (\w+):\n(.*?)(?=\n\n|\Z)", out, re.S):
+        cmds.setdefault(rule, []).extend(ln for ln in body.splitlines() if "r2d average" in ln)
+    return cmds
+
+
+@pytest.mark.parametrize("extra,iteration_prior", [((), True), (("classprior=False",), False),
+                                                    (("classify=kmeans",), False)])
+def test_class_averaging_starts_from_the_mra_alignment_by_default(finished_run, extra, iteration_prior):
+    """classes_YY start from classmx's alignments (`--prior`) with classprior and classify mra;
+    classes_init (k-means, no alignments) always bootstraps."""
+    wd, _ = finished_run
+    r = smk(wd, "-n", "-p", "--forceall", *(("--config", *extra) if extra else ()))
+    cmds = _class_commands(r)
+    assert cmds.get("classes_chunk") and cmds.get("classes_init_chunk"), r.stdout[-2000:]
+    assert all(("--prior" in c) == iteration_prior for c in cmds["classes_chunk"])
+    assert not any("--prior" in c for c in cmds["classes_init_chunk"])
+
+
 def test_same_seed_same_classes(finished_run, tmp_path):
     """Rerunning an iteration in a copy gives byte-identical classmx (deterministic seeds)."""
     wd, _ = finished_run

@@ -680,6 +680,20 @@ def _band_from_power(power: np.ndarray, K: int, tol: float = 1e-4) -> int:
     return int(min(K, np.searchsorted(cum, 1.0 - tol) + 2))
 
 
+#: with ``candidates``, each finer level after the first keeps each particle's best half of its
+#: pairs, down to this many (at 96 px: 8 references at 48 px, 4 at 96 px)
+PRUNE_TO = 4
+
+
+def _best_per_particle(pi: np.ndarray, corr: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each particle's ``k`` best pairs (highest ``corr``; ties by position), in
+    their original order; ``pi`` is grouped by particle."""
+    order = np.lexsort((np.arange(len(pi)), -corr, pi))
+    start = np.searchsorted(pi[order], pi[order], side="left")
+    rank = np.arange(len(pi)) - start
+    return np.sort(order[rank < k])
+
+
 def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mirror: bool = True,
            rotate: bool = True, pairs: np.ndarray | None = None, candidates: int | None = None,
            prior=None, cache: dict | None = None, workers: int = 1):
@@ -696,8 +710,11 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     pairs : ``None`` (all particles versus all references → outputs ``(N, Rn)``) or ints
         ``(N,)``: particle i versus reference ``pairs[i]`` (outputs ``(N,)``).
     candidates : all versus all with a coarse level only: search only each particle's
-        ``candidates`` best references (by coarse correlation) at full resolution; the
-        others get ``corr = -inf`` and a zero transform (a pruned tree search).
+        ``candidates`` best references (by coarse correlation) at the finer levels, and at
+        each finer level after the first only the best half of those of the level before (at
+        least ``PRUNE_TO``: at 96 px and up, 8 at n/2, 4 at n; 99.7 % of 5,000 particles of
+        96 px kept their best of 64 class averages, in 80 % of the time); the others get
+        ``corr = -inf`` and a zero transform (a pruned tree search).
     prior : ``(alpha, tx, ty, mirror)`` of an earlier answer, pairwise only (each ``(N,)``):
         a local search instead, at full size only (:func:`_local_level`): all angles and the
         shifts within ``LOCAL_RADIUS`` px of the prior's particle offset ``R⁻¹t`` (the mirror
@@ -782,14 +799,24 @@ def search(particles: np.ndarray, refs: np.ndarray, *, maxshift: float = 0.0, mi
     m0 = m0.astype(np.int64)
     x, y, a, c = x0, y0, a0, None
     g = f
+    live = np.arange(len(pi)) if keep is None else np.flatnonzero(keep)  # flat (particle, ref) index
+    k_live = candidates
     while g > 1:
         g //= 2
         m = n // g
+        if keep is not None and g < f // 2 and k_live > PRUNE_TO:
+            # a finer level after the first: each particle's best half of its pairs go on
+            k_live = max(PRUNE_TO, k_live // 2)
+            sel = _best_per_particle(pi, c, k_live)
+            pi, ri, m0, a, x, y, live = (v[sel] for v in (pi, ri, m0, a, x, y, live))
         pg = particles if g == 1 else tf.fourier_crop(particles, m, workers=workers)
         rg = refs if g == 1 else tf.fourier_crop(refs, m, workers=workers)
         a, x, y, c = (v[:, 0] for v in _local_level(pg, rg, pi, ri, m0[:, None], a, x / g, y / g, rotate,
                                                      mirrors, workers, cache))
         x, y = x * g, y * g
+    if keep is not None:
+        keep = np.zeros(N * len(refs), dtype=bool)
+        keep[live] = True
     out = [a, x, y, m0.astype(np.float64), c]
     shape = (N, len(refs)) if pairs is None else (N,)
     if keep is not None:  # pruned pairs: zero transform, correlation -inf (score +inf)

@@ -96,7 +96,10 @@ def _schema_message(schema: dict, err) -> str:
         words = " or ".join(_TYPE_WORDS.get(t, t) for t in _types(prop) or _types(err.schema))
         if err.instance is None and key == "input":
             return "input: not set; set `input` to your particle stack (.mrcs/.mrc/.hdf/.star/.cs)"
-        return f"{key}: {err.instance!r} is not {words}; give {words}{example}"
+        hint = ""
+        if "boolean" in _types(prop) and str(err.instance).lower() in ("true", "false"):
+            hint = f" (snakemake --config reads only True and False: {key}={str(err.instance).capitalize()})"
+        return f"{key}: {err.instance!r} is not {words}; give {words}{example}{hint}"
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         rel = {"minimum": "at least", "exclusiveMinimum": "greater than", "maximum": "at most",
                "exclusiveMaximum": "less than"}[v]

@@ -92,8 +92,9 @@ def opt(value):
     return "'None'" if value in (None, "", "None") else f"'{value}'"
 
 
-def class_args(iterations):
-    """e2classaverage options for `r2d average`."""
+def class_args(iterations, prior=False):
+    """e2classaverage options for `r2d average`; `prior`: start from classmx's alignments
+    (`classprior`, with `classify: mra` only: k-means classmx has none)."""
     c = config
     return " ".join(
         [
@@ -105,6 +106,7 @@ def class_args(iterations):
             f"--normproc {opt(c['classnormproc'])} --center {opt(c['center'])}",
             "--automask" if c["automask"] else "",
             f"--maxshift {c['maxshift']}",
+            "--prior" if prior and c["classprior"] and c["classify"] == "mra" else "",
         ]
     )
 

@@ -249,7 +249,7 @@ rule classes_chunk:
             "classes_chunk", "average", chunked=True, threads=config["threads"]
         ),
     params:
-        opts=class_args(config["classiter"]),
+        opts=class_args(config["classiter"], prior=True),
     shell:
         "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
         " --chunk {wildcards.scatteritem} {params.opts} --threads {threads} > {log} 2>&1"

@@ -37,8 +37,9 @@ def add_args(p):
     p.add_argument("--shrink", type=int, default=0, help="Fourier-shrink factor for the search (0/1: off)")
     p.add_argument("--chunk", default=None, help="only particles of chunk i-of-k")
     p.add_argument("--candidates", type=int, default=None,
-                   help="full-resolution search only for each particle's best N references of the coarse "
-                        "level (the others get score +inf); default: all")
+                   help="finer-level search only for each particle's best N references of the coarse "
+                        "level, halved at each further level down to 4 (the others get score +inf); "
+                        "default: all")
     p.add_argument("--center", action="store_true",
                    help="centre the references (xform.center) for the search; the stored transforms "
                         "still bring the particles into the references' own frame")
