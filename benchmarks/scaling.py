@@ -94,7 +94,8 @@ def main() -> int:
         # (targets after "--": --quiet takes optional values)
         subprocess.run([*smk, "--forceall", "--", "run/classes_init.hdf"], check=True, env=env)
         t1 = time.time()
-        subprocess.run([*smk, "--", "run/classes_01.hdf"], check=True, env=env)
+        # every artifact of iteration 01 (with classify mra, classes_01 does not need input_01_proj)
+        subprocess.run([*smk, "--", "run/classes_01.hdf", "run/input_01_proj.h5"], check=True, env=env)
         t2 = time.time()
         subprocess.run(smk, check=True, env=env)  # export and report
         rows = jobs(wd / "run")

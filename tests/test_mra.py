@@ -53,3 +53,35 @@ def test_particles_go_to_the_reference_of_their_view():
     rows = np.flatnonzero((lab == truth) & np.isin(truth, [0, 3]))
     err = np.abs((a.alpha[rows, lab[rows]] - alpha[rows] + 180) % 360 - 180)
     assert np.mean((err < 3.0) & (a.mirror[rows, lab[rows]] == mirror[rows])) >= 0.95
+
+
+def test_classify_command_with_mra_needs_no_projection_file(tmp_path, capsys):
+    """`r2d classify --mra`: each particle to its lowest finite score, its transform from that
+    column, `aligned` where the column was searched; excluded particles (−1) and rows with no
+    finite score are left out; a projection file, when given, must list the same particles."""
+    from r2d import io
+    from r2d.cli import main as cli
+
+    inf = np.inf
+    score = np.array([[0.1, -0.5, inf], [-0.9, 0.0, 0.3], [0.4, 0.5, -0.1], [inf, inf, inf], [0.0, -0.2, 0.1]])
+    part = np.array([10, 11, 12, 13, 14])
+    mx = {"score": score, "particle": part}
+    for i, key in enumerate(("dx", "dy", "dalpha", "mirror")):
+        mx[key] = np.arange(15, dtype=float).reshape(5, 3) + 100 * i
+    io.write_matrix(tmp_path / "mra.h5", mx)
+    (tmp_path / "ex14.txt").write_text("14\n")  # input index 14 is row 4
+    assert cli(["classify", "--mra", str(tmp_path / "mra.h5"), "-o", str(tmp_path / "c.h5"), "--ncls", "3",
+                "--mininclass", "1", "--exclude", str(tmp_path / "ex14.txt")]) == 0
+    c = io.read_matrix(tmp_path / "c.h5")
+    assert c["class"].tolist() == [1, 0, 2, -1, -1]
+    assert c["particle"].tolist() == part.tolist()
+    assert c["dx"].tolist() == [1, 3, 8, 0, 0] and c["dalpha"].tolist() == [201, 203, 208, 0, 0]
+    assert c["aligned"].tolist() == [1, 1, 1, 0, 0]
+    io.write_matrix(tmp_path / "proj.h5", {"proj": np.zeros((5, 2)), "particle": part[::-1]})
+    capsys.readouterr()
+    assert cli(["classify", str(tmp_path / "proj.h5"), "--mra", str(tmp_path / "mra.h5"), "-o",
+                str(tmp_path / "d.h5"), "--ncls", "3"]) == 2
+    assert "particle list differs" in capsys.readouterr().err
+    assert cli(["classify", "-o", str(tmp_path / "d.h5"), "--ncls", "3"]) == 2
+    assert "give the projection file" in capsys.readouterr().err
+    assert not (tmp_path / "d.h5").exists()

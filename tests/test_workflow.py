@@ -112,10 +112,17 @@ def test_second_run_has_nothing_to_do(finished_run):
 
 def test_forcing_iteration_03_reruns_only_03_and_later(finished_run):
     wd, _ = finished_run
-    r = smk(wd, "-n", "--forcerun", "run/allrefs_03.hdf")
+    r = smk(wd, "-n", "--forcerun", "run/classmx_03.h5")
     outs = planned_outputs(r)
-    assert any("allrefs_03" in o for o in outs) and any("classes_04" in o for o in outs)
+    assert any("classes_03" in o for o in outs) and any("allrefs_04" in o for o in outs)
+    assert any("classes_04" in o for o in outs)
     assert not any(re.search(r"_0[012][._]|_init|input_fp", o) for o in outs), outs
+    # classify mra: classmx_03 does not use steps 1-8 of iteration 03, so forcing allrefs_03
+    # remakes just that branch (with kmeans it would remake everything from 03 on)
+    outs = planned_outputs(smk(wd, "-n", "--forcerun", "run/allrefs_03.hdf"))
+    made = {re.sub(r"/\d+-of-\d+", "", o) for o in outs}  # a step's chunks count as the step
+    assert made == {f"run/{a}" for a in ("allrefs_03.hdf", "basis_03.hdf", "aliref_03.hdf", "simmx_03.h5",
+                                         "input_03_proj.h5")}, made
 
 
 def test_raising_iter_runs_only_new_iterations(finished_run):

@@ -115,9 +115,11 @@ def final_outputs():
     """Final targets (the default `all` target).
 
     The last class averages, the report's pictures (REPORT_FILES in report.smk) and the
-    exports (EXPORT_FILES in export.smk).
+    exports (EXPORT_FILES in export.smk); with `classify: mra` also every iteration's
+    input_YY_proj (and so simmx_YY), which classmx_YY then does not need.
     """
-    return [art(f"classes_{ITERS[-1]}.hdf"), *REPORT_FILES, *EXPORT_FILES]
+    side = [art(f"input_{it}_proj.h5") for it in ITERS] if config["classify"] == "mra" else []
+    return [art(f"classes_{ITERS[-1]}.hdf"), *side, *REPORT_FILES, *EXPORT_FILES]
 
 
 # ---- threads, memory and runtime of every job -------------------------------------------------

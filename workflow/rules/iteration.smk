@@ -200,9 +200,11 @@ rule input_proj:
         "r2d gather -o {output} {input} > {log} 2>&1"
 
 
+# classify mra: classmx_YY needs mra_YY only; simmx_YY and input_YY_proj (steps 7-8, which
+# k-means classifies) are still made, beside class averaging (final_outputs asks for them)
 rule classmx:
     input:
-        proj=art("input_{it}_proj.h5"),
+        proj=art("input_{it}_proj.h5") if config["classify"] == "kmeans" else [],
         mra=art("mra_{it}.h5") if config["classify"] == "mra" else [],
         exclude=exclude_input,
     output:

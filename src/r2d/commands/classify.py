@@ -6,9 +6,10 @@ the transform is the particle → best-aliref one from the projection file (zero
 ``classmx_00``). With ``--mra mra_YY.h5`` (r2d's default in iterations, :mod:`r2d.mra`) each
 particle goes to the class average it matches best and the transform brings it into that
 average's frame (the previous iteration's class averages), ``aligned`` (int8) says where
-it is a real alignment; the projection file then only supplies the particle list.
+it is a real alignment; no projection file is needed then (one given must list the same particles).
 
   $ r2d classify r2d_01/input_fp_basis_proj.h5 -o r2d_01/classmx_00.h5 --ncls 32 --seed 1000
+  $ r2d classify --mra r2d_01/mra_03.h5 -o r2d_01/classmx_03.h5 --ncls 32
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def add_args(p):
-    p.add_argument("input", help="projection file (.h5, dataset 'proj')")
+    p.add_argument("input", nargs="?", default=None,
+                   help="projection file (.h5, dataset 'proj'); with --mra not needed")
     p.add_argument("-o", "--output", required=True, help="classmx file (.h5)")
     p.add_argument("--ncls", type=int, required=True, help="number of classes")
     p.add_argument("--minchange", type=int, default=-1, help="stop when fewer change class (≤0: auto)")
@@ -39,14 +41,23 @@ def add_args(p):
 
 
 def main(args):
+    if args.mra:
+        mx = io.read_matrix(args.mra)
+        particle = mx["particle"]
+        if args.input:  # the projection file, when given, must be of the same particles
+            other = io.read_matrix(args.input)["particle"]
+            if not np.array_equal(other, particle):
+                raise InputError(f"{args.mra}: its particle list differs from {args.input}'s; rerun both "
+                                 "from the same input")
+        return _main_mra(args, mx, ~np.isin(particle, read_exclude(args.exclude)))
+    if not args.input:
+        raise InputError("classify: give the projection file (k-means), or --mra mra_YY.h5")
     data = io.read_matrix(args.input)
     proj = data["proj"]
     particle = data["particle"]
     use = ~np.isin(particle, read_exclude(args.exclude))
     if "score" in data:  # excluded and bad particles have no finite simmx score
         use &= np.isfinite(data["score"])
-    if args.mra:
-        return _main_mra(args, particle, use)
     k = min(args.ncls, int(use.sum()))
     res = kmeans(proj[use], k, seed=args.seed, minchange=args.minchange, fastseed=args.fastseed,
                  mininclass=args.mininclass)
@@ -62,10 +73,10 @@ def main(args):
              res.n_changed_last)
 
 
-def _main_mra(args, particle, use):
-    mx = io.read_matrix(args.mra)
-    if not np.array_equal(mx["particle"], particle):
-        raise InputError(f"{args.mra}: its particle list differs from {args.input}'s; rerun both from the same input")
+def _main_mra(args, mx, use):
+    """Each particle to its best-scoring column of ``mx`` (mra_YY; excluded and bad particles
+    have no finite score there)."""
+    particle = mx["particle"]
     label = assign(mx["score"], use & np.isfinite(mx["score"]).any(axis=1), mininclass=args.mininclass)
     rows = np.flatnonzero(label >= 0)
     out = {"class": label.astype(np.int32), "weight": (label >= 0).astype(np.float32), "particle": particle}
