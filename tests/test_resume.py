@@ -3,7 +3,7 @@
 The workflow runs on a tiny simulated data set (60 particles, 32 px, 2 iterations) in a temp
 folder. Jobs call ``r2d`` through a small wrapper (first on PATH) that builds only the parser
 of the command it runs (a faster start than the full CLI; the computation is the same code)
-and that can *hold* a job at a chosen point: inside the simmx alignment of an iteration, or
+and that can *hold* a job at a chosen point: inside the alignment of a simmx or mra job, or
 inside :func:`r2d.io.atomic_write` after an output's data has been written to its temporary
 file but before the rename. The test then SIGKILLs the whole Snakemake process group there,
 and resumes with the documented commands (``snakemake --unlock``, then the same command with
@@ -29,7 +29,8 @@ pytestmark = pytest.mark.workflow
 
 CONFIG = {"ncls": 4, "iter": 2, "naliref": 2, "nbasisfp": 3, "classiter": 1, "seed": 7, "threads": 1,
           "chunks": 1, "path": "run"}
-TARGET = "run/classes_02.hdf"
+#: iteration 02's class averages and, beside them (classify mra), every iteration's steps 7-8
+TARGETS = ("run/classes_02.hdf", "run/input_01_proj.h5", "run/input_02_proj.h5")
 
 
 def artifacts(run: Path) -> list[str]:
@@ -46,12 +47,13 @@ def assert_same_artifacts(run: Path, ref: Path) -> None:
         assert (run / name).read_bytes() == (ref / name).read_bytes(), f"{name} differs from the reference run"
 
 #: where the kill test stops the run, in workflow order: (hold tag, what is checked after the kill)
+#: (all on the chain that leads to classes_02, so each one is still ahead when the run resumes)
 KILL_POINTS = [
     "write:input_fp.h5",       # footprints computed, data in the temporary file, not renamed
     "write:classes_init.hdf",  # initial class averages being written
-    "align:simmx_01",          # inside the alignment of iteration 01 (simmx: particles vs alirefs)
+    "align:mra_01",            # inside the alignment of iteration 01 (mra: particles vs class averages)
     "write:resultmx_01.h5",    # classes_01.hdf already in place, its job's second output not yet
-    "write:simmx_02.h5",       # gather of the simmx chunks of iteration 02 (chunk files are temp())
+    "write:mra_02.h5",         # gather of the mra chunks of iteration 02 (chunk files are temp())
 ]
 
 WRAPPER = '''#!{python}
@@ -159,7 +161,7 @@ def baseline(tmp_path_factory, data, wrapper):
     wd = new_workdir(tmp_path_factory.mktemp("base"), data)
     inputs = [data / "particles.mrcs", data / "particles.star"]
     before = [fingerprint(p) for p in inputs]
-    r = smk(wd, wrapper, TARGET)
+    r = smk(wd, wrapper, *TARGETS)
     assert r.returncode == 0, r.stderr[-3000:]
     after = [fingerprint(p) for p in inputs]
     return wd, before, after
@@ -185,7 +187,7 @@ def _kill_at(wd: Path, wrapper: Path, hold: Path, tag: str, timeout: float = 180
     (hold / "reached").unlink(missing_ok=True)
     (hold / "hold").write_text(tag)
     log = open(hold / f"smk_{tag.replace(':', '_')}.log", "w")
-    proc = subprocess.Popen(smk_cmd(wd, "--rerun-incomplete", TARGET), env=smk_env(wrapper, hold),
+    proc = subprocess.Popen(smk_cmd(wd, "--rerun-incomplete", *TARGETS), env=smk_env(wrapper, hold),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         t0 = time.monotonic()
@@ -234,17 +236,17 @@ def test_killed_five_times_resumes_to_identical_result(tmp_path, data, wrapper, 
             assert any(p.endswith(".part") and f".{name}." in p for p in _parts(run)), _parts(run)
         if tag == "write:resultmx_01.h5":
             assert (run / "classes_01.hdf").is_file()  # complete, but its job is not: must be redone
-        if tag == "align:simmx_01":
-            assert not (run / "simmx_01.h5").exists()
-            assert not list(run.glob("simmx_01/*.h5")), "a simmx chunk was written although its job was killed"
+        if tag == "align:mra_01":
+            assert not (run / "mra_01.h5").exists()
+            assert not list(run.glob("mra_01/*.h5")), "an mra chunk was written although its job was killed"
     # the documented resume: unlock, then the same command (the local profile adds --rerun-incomplete)
     u = smk(wd, wrapper, "--unlock")
     assert u.returncode == 0, u.stderr[-2000:]
-    r = smk(wd, wrapper, "--rerun-incomplete", TARGET)
+    r = smk(wd, wrapper, "--rerun-incomplete", *TARGETS)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_artifacts(run, base / "run")
     assert _parts(run) == [], "temporary files of killed writes were not cleaned up"
-    again = smk(wd, wrapper, "-n", TARGET)
+    again = smk(wd, wrapper, "-n", *TARGETS)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -253,7 +255,7 @@ def test_threads_and_chunks_do_not_change_the_result(tmp_path, data, wrapper, ba
     """Same seed, 2 threads per job and 2 simmx chunks: byte-identical classmx and classes."""
     base, _, _ = baseline
     wd = new_workdir(tmp_path / "wd", data, threads=2, chunks=2)
-    r = smk(wd, wrapper, TARGET)
+    r = smk(wd, wrapper, *TARGETS)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list((wd / "run" / "logs" / "simmx_02").glob("*.log"))) == 2
     assert_same_artifacts(wd / "run", base / "run")

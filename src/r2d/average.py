@@ -677,7 +677,9 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
             score[rows] = sc
             for p, v in zip(par, params):
                 p[rows] = v
-            acc.add(rows, tf.transform(X, *params, workers=workers), params[0], params[3])
+            u = use[rows]  # only the members this pass averages are interpolated (the others add nothing)
+            acc.add(rows[u], tf.transform(X[u], *(q[u] for q in params), workers=workers), params[0][u],
+                    params[3][u])
         ref = _shape_reference(acc.finish(), max(5, n // 12), automask)
         log.info("class averaging pass %d/%d: mean score %.4f, %d of %d kept", it + 1, iterations + 1,
                  float(score[idx].mean()) if len(idx) else 0.0, int(use.sum()), int(valid.sum()))
