@@ -43,8 +43,8 @@ def add_args(p):
     p.add_argument("--prior", action="store_true",
                    help="start from classmx's transforms where its 'aligned' column is 1 (classmx of the "
                         "multi-reference assignment: each particle aligned to its class's previous average) "
-                        "instead of bootstrapping those classes (faster; the workflow does not: worse "
-                        "averages on the 70S benchmark)")
+                        "instead of bootstrapping those classes (the workflow's classes_YY with classprior: "
+                        "faster, and as good or better classes on the 70S benchmark)")
     p.add_argument("--chunk", default=None,
                    help="only the classes of chunk i-of-k (balanced by member count, r2d.average.class_chunks); "
                         "'r2d gather' merges the chunks' stacks and result tables")
