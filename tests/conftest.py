@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,38 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+
+
+def _install_relion() -> str | None:
+    """Install Debian's ``relion`` package; None on success, else why not (for the skip)."""
+    if os.environ.get("R2D_TEST_NO_INSTALL") == "1":
+        return "RELION not installed (R2D_TEST_NO_INSTALL=1: not installing it)"
+    if shutil.which("apt-get") is None:
+        return "RELION not installed and apt-get not available (not Debian/Ubuntu): install relion by hand"
+    if os.geteuid() != 0:
+        return "RELION not installed and not root: `sudo apt-get install relion` to run these tests"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "relion"]
+    with open("/tmp/r2d-relion-apt.log", "w") as log:
+        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], stdout=log, stderr=subprocess.STDOUT, env=env)
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
+                return "RELION not installed: apt-get install relion failed, see /tmp/r2d-relion-apt.log"
+    return None if shutil.which("relion_image_handler") else "RELION installed but relion_image_handler not on PATH"
+
+
+@pytest.fixture(scope="session")
+def relion():
+    """RELION's programs (``relion_image_handler``, ``relion_stack_create``), as users' RELION reads.
+
+    Installed from Debian (``apt-get install relion``, about 10 s) when missing and root, as
+    ``scripts/slurm-localhost.sh`` installs SLURM; the tests skip, saying why, only where that fails.
+    """
+    if shutil.which("relion_image_handler") is None:
+        why = _install_relion()
+        if why is not None:
+            pytest.skip(why)
+    return shutil.which("relion_image_handler")
 
 
 def blob_image(n: int, spec) -> np.ndarray:

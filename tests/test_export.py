@@ -12,7 +12,6 @@ real ``r2d average`` (in-process), then Snakemake runs only the report and expor
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,8 +219,7 @@ def test_class_average_exports(run_wd):
     np.testing.assert_array_equal(io.read_image_stack(out / "class_averages.hdf"), mrcs)
 
 
-@pytest.mark.skipif(shutil.which("relion_stack_create") is None, reason="RELION not installed")
-def test_relion_reads_the_exports(run_wd, tmp_path):
+def test_relion_reads_the_exports(run_wd, tmp_path, relion):
     """RELION applies the exported psi/origin exactly as r2d's transform (mirror aside), reads the
     class STAR, and selects by rlnClassNumber."""
     out = run_wd / "run" / "export"
@@ -349,24 +347,33 @@ def test_real_relion31_and_relion5_optics_carried_over(tmp_path):
     pd.testing.assert_series_equal(t5["particles"]["rlnImageName"], src5["particles"]["rlnImageName"])
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_real_relion30_star_gets_an_optics_block(tmp_path):
+def _relion30_tables(tmp_path):
     star = _real("empiar_10076_7.star")
     stack = io.open_stack(star)
     tables = relion_tables(stack, _FakeResult(len(stack)), tmp_path, pixel_size=stack.pixel_size)
+    starfile.write(tables, tmp_path / "p.star")
+    return star, stack, tables
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_real_relion30_star_gets_an_optics_block(tmp_path):
+    star, stack, tables = _relion30_tables(tmp_path)
     opt, parts = tables["optics"], tables["particles"]
     src = io.read_star_metadata(star)
     assert len(opt) == 1 and opt["rlnImagePixelSize"].iloc[0] == pytest.approx(stack.pixel_size)
     assert opt["rlnVoltage"].iloc[0] == src["rlnVoltage"].iloc[0] and opt["rlnImageSize"].iloc[0] == 320
     assert "rlnVoltage" not in parts and "rlnMagnification" not in parts
-    starfile.write(tables, tmp_path / "p.star")
     back = io.open_stack(tmp_path / "p.star")
     assert back.pixel_size == pytest.approx(stack.pixel_size)
     np.testing.assert_allclose(back.ctf_params()["defocus_u"], stack.ctf_params()["defocus_u"])
-    if shutil.which("relion_star_handler"):
-        r = subprocess.run(["relion_star_handler", "--i", "p.star", "--o", "q.star", "--select", "rlnClassNumber",
-                            "--minval", "1", "--maxval", "1"], cwd=tmp_path, capture_output=True, text=True)
-        assert r.returncode == 0 and "with 4 item(s)" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_relion_selects_by_class_in_the_converted_relion30_star(tmp_path, relion):
+    _relion30_tables(tmp_path)
+    r = subprocess.run(["relion_star_handler", "--i", "p.star", "--o", "q.star", "--select", "rlnClassNumber",
+                        "--minval", "1", "--maxval", "1"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and "with 4 item(s)" in r.stdout, r.stdout + r.stderr
 
 
 def test_real_cryosparc_table_keeps_every_field(tmp_path):

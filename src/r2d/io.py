@@ -16,6 +16,7 @@ import logging
 import os
 import pathlib
 import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -55,7 +56,7 @@ def _umask() -> int:
 
 
 def _process_start() -> float | None:
-    """Start time of this process (seconds since the epoch), or None if unknown."""
+    """Start time of this process (seconds since the epoch), or None where unknown."""
     try:
         import psutil
 
@@ -64,19 +65,42 @@ def _process_start() -> float | None:
         return None
 
 
-def _remove_stale_parts(path: Path) -> None:
-    """Delete temporary files ``.<name>.*.part`` of `path` left by a writer that was killed.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
-    Only files last modified before this process started are removed: they cannot belong to a
-    writer that is still running in this process, and a workflow job never has two writers of
-    one output at a time.
+
+def _writer_alive(host: str, pid: int) -> bool:
+    """Whether the writer `pid` on `host` named in a temporary file may still be running."""
+    if host != _HOST:
+        return True  # another machine: cannot tell here
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, belongs to someone else
+    return True
+
+
+def _remove_stale_parts(path: Path) -> None:
+    """Delete temporary files ``.<name>.<host>.<pid>.<random>.part`` of `path` left by killed writers.
+
+    A file is stale when its writer (this machine, process `pid`) is no longer running. A file
+    from another machine (shared file system) is stale when it was last modified before this
+    process started; a workflow job never has two writers of one output at a time.
     """
-    start = _process_start()
-    if start is None:
-        return
+    start = None
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.([A-Za-z0-9-]+)\.(\d+)\.[^.]+\.part$")
     for part in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        m = pattern.match(part.name)
         try:
-            if part.stat().st_mtime < start - 1.0:
+            if m is not None and m.group(1) == _HOST:
+                stale = not _writer_alive(m.group(1), int(m.group(2)))
+            else:  # another machine, or an older naming
+                start = _process_start() if start is None else start
+                stale = start is not None and part.stat().st_mtime < start - 1.0
+            if stale:
                 part.unlink()
                 log.info("removed %s, a partial file left by an interrupted earlier write", part)
         except OSError:
@@ -85,18 +109,19 @@ def _remove_stale_parts(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path) -> Iterator[pathlib.Path]:
-    """Yield a temporary path ``.<name>.<random>.part`` next to `path` to write to.
+    """Yield a temporary path ``.<name>.<host>.<pid>.<random>.part`` next to `path` to write to.
 
     On normal exit the file is flushed to disk (fsync), gets mode ``0o666 & ~umask`` and is
     renamed onto `path` (atomic on POSIX): a reader, or a resumed workflow, sees either the old
     file or the complete new one, never a partial one. On an exception the temporary file is
     deleted and the exception propagates; after a hard kill it stays behind under its hidden
-    name and is deleted by the next write of the same `path`. Parent folders are created.
+    name and is deleted by the next write of the same `path` (once its writer is gone).
+    Parent folders are created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
