@@ -555,8 +555,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         P = np.asarray(particles[rows], dtype=np.float32)
         X = tf.normalize(P, norm.name, **({"radius": norm.get("radius")} if "radius" in norm.params else {})) \
             if norm is not None else P
-        Xc = X if ctf is None else _phase_flip(X, ctf.take(rows), workers=workers)
-        Xs = Xc if search_weight is None else tf.radial_filter(Xc, search_weight, workers=workers)
+        Xc, Xs = _flip_and_filter(X, None if ctf is None else ctf.take(rows), search_weight, workers=workers)
         return X, Xc, Xs
 
     whole = prepare(np.arange(N)) if N <= B else None  # one block: prepared once for all passes
@@ -613,10 +612,26 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     rank[order] = np.arange(N) - start
     rank[~valid] = -1
     sums = np.zeros((K, n, n), np.float32)
+    idx = np.flatnonzero(valid)
+
+    def make_pass(rows):
+        """The passes' images (normalised X, search Xs) of ``rows``; on the way, the phase-flipped
+        members that start from their prior are added, moved by it, to their class's first sum."""
+        X, Xc, Xs = images(rows)
+        f = from_prior[rows]
+        if f.any():
+            r = rows[f]
+            np.add.at(sums, lab[r], tf.transform(Xc[f], *(p[r] for p in prior), workers=workers))
+        return X, Xs
+
+    # the passes' images, prepared once: in memory for one block, else spilled block by block to
+    # an anonymous temporary file (memory stays one block)
+    passes = _Prepared(idx, B, make_pass, (n, n))
     for rows in by_block(np.flatnonzero(boot & (rank == 0))):
         sums[lab[rows]] = images(rows)[1]
-    for rows in by_block(np.flatnonzero(from_prior)):
-        np.add.at(sums, lab[rows], tf.transform(images(rows)[1], *(p[rows] for p in prior), workers=workers))
+    if from_prior.any():
+        for _ in passes.blocks():  # prepares every block once (and the prior sums)
+            pass
     lo_r = 1
     while True:  # members 2^k … 2^(k+1)-1 of every class are aligned to the sums of those before
         sel = np.flatnonzero(boot & (rank >= lo_r) & (rank < 2 * lo_r))
@@ -644,10 +659,6 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         moved = tf.compose(prior, (np.zeros(N), dx[c].astype(float), dy[c].astype(float), np.zeros(N)))
         for p, v in zip(par, moved):
             p[from_prior] = v[from_prior]
-    idx = np.flatnonzero(valid)
-    # the passes' images (normalised X and search Xs), prepared once: in memory for one block,
-    # else spilled block by block to an anonymous temporary file (memory stays one block)
-    passes = _Prepared(idx, B, lambda rows: images(rows)[::2], (n, n))  # (X, Xs) of (X, Xc, Xs)
     for it in range(iterations + 2):
         if it > 0:
             use = _keep_flags(score, lab, K, keep, keepsig)
@@ -763,6 +774,35 @@ class _Prepared:
 def _plain_ccc(option) -> bool:
     opt = parse(option, "comparator") if isinstance(option, str) else option
     return opt.name == "ccc" and not opt.params
+
+
+def _flip_and_filter(images: np.ndarray, ctf: ParticleCTF | None, weight: np.ndarray | None, *, workers: int = 1,
+                     batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(Xc, Xs)``: the images phase-flipped in their own frame (:func:`_phase_flip`; the
+    images themselves without ``ctf``) and those filtered by the radial ``weight``
+    (:func:`r2d.transforms.radial_filter`; ``Xc`` itself without ``weight``), from one
+    forward FFT per image. Each ``(N, n, n)`` float32."""
+    images = np.asarray(images, dtype=np.float32)
+    if ctf is None and weight is None:
+        return images, images
+    if weight is None:
+        Xc = _phase_flip(images, ctf, workers=workers, batch=batch)
+        return Xc, Xc
+    if ctf is None:
+        return images, tf.radial_filter(images, weight, workers=workers)
+    N, n, _ = images.shape
+    H = tf.radial_weight_grid(n, weight)
+    Xc, Xs = np.empty_like(images), np.empty_like(images)
+    batch = batch or _batch(n)
+    for lo in range(0, N, batch):
+        sel = np.arange(lo, min(N, lo + batch))
+        c, _ = ctf.take(sel).wiener_terms(n)
+        F = sfft.rfft2(images[sel], workers=workers)
+        F *= np.sign(c)
+        Xc[sel] = sfft.irfft2(F, s=(n, n), workers=workers)
+        F *= H
+        Xs[sel] = sfft.irfft2(F, s=(n, n), workers=workers)
+    return Xc, Xs
 
 
 def _phase_flip(images: np.ndarray, ctf: ParticleCTF, *, workers: int = 1, batch: int | None = None) -> np.ndarray:

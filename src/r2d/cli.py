@@ -72,8 +72,40 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: glibc malloc: blocks below this many bytes come from the heap, and freed heap memory is kept
+#: up to this much (see :func:`keep_freed_memory`)
+MALLOC_KEEP = 64 << 20
+
+
+def keep_freed_memory(nbytes: int = MALLOC_KEEP) -> bool:
+    """Let glibc's malloc reuse freed memory for arrays below ``nbytes`` instead of returning
+    it to the kernel (``mallopt`` ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``). False where
+    unavailable (not glibc) or ``R2D_MALLOC_DEFAULT=1``.
+
+    The steps allocate and free the same temporaries (interpolation coordinates, FFT blocks)
+    thousands of times. By default glibc maps every block over 128 kB freshly and unmaps it when
+    freed (raising that limit only as it sees larger blocks freed), so each allocation paid
+    page faults again: on the 2-core VM of the benchmarks, bilinear interpolation of 1,820
+    images of 96 px took 1.3 s with 1.4 M page faults, 0.33-0.45 s with this (10 k faults),
+    and peak memory did not change (256 MB both).
+    """
+    import os
+
+    if os.environ.get("R2D_MALLOC_DEFAULT") == "1" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes)) and libc.mallopt(M_TRIM_THRESHOLD, int(nbytes)))
+    except (OSError, AttributeError):  # musl or another libc
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    keep_freed_memory()
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)

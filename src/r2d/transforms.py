@@ -395,9 +395,21 @@ def radial_filter(images: np.ndarray, weight: np.ndarray, *, workers: int = 1) -
     """Multiply each image's transform by ``weight[round(|k|)]`` (0 beyond the last ring)."""
     images = np.asarray(images, dtype=np.float32)
     n = images.shape[-1]
+    H = radial_weight_grid(n, weight)
+    out = np.empty(images.shape, dtype=np.float32)
+    flat, res = images.reshape(-1, n, n), out.reshape(-1, n, n)
+    step = max(1, int(4e6 // (n * (n // 2 + 1))))  # ~32 MB of single-precision transforms per batch
+    for lo in range(0, len(flat), step):
+        res[lo:lo + step] = sfft.irfft2(sfft.rfft2(flat[lo:lo + step], workers=workers) * H, s=(n, n),
+                                        workers=workers)
+    return out
+
+
+def radial_weight_grid(n: int, weight: np.ndarray) -> np.ndarray:
+    """``(n, n//2+1)`` float32 rfft2 grid of ``weight[round(|k|)]`` (0 beyond the last ring)."""
     ring = ring_index(n)
-    H = np.where(ring < len(weight), np.asarray(weight)[np.minimum(ring, len(weight) - 1)], 0.0)
-    return sfft.irfft2(sfft.rfft2(images, workers=workers) * H, s=(n, n), workers=workers).astype(np.float32)
+    w = np.asarray(weight, dtype=np.float64)
+    return np.where(ring < len(w), w[np.minimum(ring, len(w) - 1)], 0.0).astype(np.float32)
 
 
 def sample_indices(n: int, k: int = 1000) -> np.ndarray:
