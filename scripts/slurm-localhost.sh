@@ -22,7 +22,7 @@
 # or run here (not Debian/apt, no root, apt-get failed) -- tests skip on 3.
 #
 # Environment knobs: R2D_SLURM_CTLD_PORT (6817), R2D_SLURM_SLURMD_PORT (6818),
-# R2D_SLURM_UP_TIMEOUT (60 s), R2D_SLURM_NO_INSTALL=1 (never run apt-get).
+# R2D_SLURM_UP_TIMEOUT (60 s), R2D_SLURM_NO_INSTALL=1 or R2D_TEST_NO_INSTALL=1 (never run apt-get).
 set -euo pipefail
 
 SKIP=3
@@ -57,7 +57,7 @@ if [ "$(id -u)" -ne 0 ]; then
     if [ "$CMD" = status ]; then
         : # read-only client commands work as any user
     elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        exec sudo -n --preserve-env=R2D_SLURM_CTLD_PORT,R2D_SLURM_SLURMD_PORT,R2D_SLURM_UP_TIMEOUT,R2D_SLURM_NO_INSTALL \
+        exec sudo -n --preserve-env=R2D_SLURM_CTLD_PORT,R2D_SLURM_SLURMD_PORT,R2D_SLURM_UP_TIMEOUT,R2D_SLURM_NO_INSTALL,R2D_TEST_NO_INSTALL \
             bash "$0" "$CMD" "$STATEDIR"
     else
         skip "root is needed to run the SLURM daemons (run with sudo, or as root)."
@@ -138,7 +138,7 @@ install_packages() {
     if [ ${#missing[@]} -eq 0 ] && command -v slurmctld >/dev/null && command -v munged >/dev/null; then
         return 0
     fi
-    [ "${R2D_SLURM_NO_INSTALL:-0}" = 1 ] && skip "packages missing (${missing[*]}) and R2D_SLURM_NO_INSTALL=1."
+    { [ "${R2D_SLURM_NO_INSTALL:-0}" = 1 ] || [ "${R2D_TEST_NO_INSTALL:-0}" = 1 ]; } && skip "packages missing (${missing[*]}) and R2D_SLURM_NO_INSTALL=1 or R2D_TEST_NO_INSTALL=1."
     if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
         skip "SLURM is not installed and apt-get is not available (not Debian/Ubuntu); install ${PKGS[*]} by hand."
     fi
