@@ -14,22 +14,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
-def _install_relion() -> str | None:
-    """Install Debian's ``relion`` package; None on success, else why not (for the skip)."""
+def _apt_install(package: str, program: str) -> str | None:
+    """Install Debian's ``package`` (which provides ``program``) with apt-get; None on success,
+    else why not (for the skip)."""
     if os.environ.get("R2D_TEST_NO_INSTALL") == "1":
-        return "RELION not installed (R2D_TEST_NO_INSTALL=1: not installing it)"
+        return f"{program} not installed (R2D_TEST_NO_INSTALL=1: not installing {package})"
     if shutil.which("apt-get") is None:
-        return "RELION not installed and apt-get not available (not Debian/Ubuntu): install relion by hand"
+        return f"{program} not installed and apt-get not available (not Debian/Ubuntu): install {package} by hand"
     if os.geteuid() != 0:
-        return "RELION not installed and not root: `sudo apt-get install relion` to run these tests"
+        return f"{program} not installed and not root: `sudo apt-get install {package}` to run this test"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "relion"]
-    with open("/tmp/r2d-relion-apt.log", "w") as log:
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    logfile = f"/tmp/r2d-{package}-apt.log"
+    with open(logfile, "w") as log:
         if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
             subprocess.run(["apt-get", "update", "-q"], stdout=log, stderr=subprocess.STDOUT, env=env)
             if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
-                return "RELION not installed: apt-get install relion failed, see /tmp/r2d-relion-apt.log"
-    return None if shutil.which("relion_image_handler") else "RELION installed but relion_image_handler not on PATH"
+                return f"{program} not installed: apt-get install {package} failed, see {logfile}"
+    return None if shutil.which(program) else f"{package} installed but {program} not on PATH"
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +42,24 @@ def relion():
     ``scripts/slurm-localhost.sh`` installs SLURM; the tests skip, saying why, only where that fails.
     """
     if shutil.which("relion_image_handler") is None:
-        why = _install_relion()
+        why = _apt_install("relion", "relion_image_handler")
         if why is not None:
             pytest.skip(why)
     return shutil.which("relion_image_handler")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Chromium for the report's rendering test (Debian's ``chromium`` installed when
+    missing and root, about 12 s; else the test skips, saying why)."""
+    names = ("chromium", "chromium-browser", "google-chrome")
+    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
+    if found is None:
+        why = _apt_install("chromium", "chromium")
+        if why is not None:
+            pytest.skip(why)
+        found = shutil.which("chromium")
+    return found
 
 
 def blob_image(n: int, spec) -> np.ndarray:

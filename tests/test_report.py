@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 from r2d import io, montage
 from test_export import N, smk, tiny_run
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +114,13 @@ setTimeout(next, 1500);
 </script>"""
 
 
-def chromium(html: Path, steps: list[str], out: Path, *, screenshot: Path | None = None) -> list:
+def click_through(browser: str, html: Path, steps: list[str], out: Path, *, screenshot: Path | None = None) -> list:
     """Open a copy of ``html`` that clicks through ``steps``; return the recorded log."""
     text = html.read_text()
     i = text.rfind("</body>")
     page = out / f"{html.stem}_clicked.html"
     page.write_text(text[:i] + CLICKER % json.dumps(steps) + text[i:])
-    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+    base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             f"--virtual-time-budget={2000 + 800 * len(steps)}", "--window-size=1400,900"]
     if screenshot is not None:
         r = subprocess.run([*base, f"--screenshot={screenshot}", page.as_uri()], capture_output=True, text=True,
@@ -134,14 +132,13 @@ def chromium(html: Path, steps: list[str], out: Path, *, screenshot: Path | None
     return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed")
-def test_report_renders_in_chromium(report_html, tmp_path):
+def test_report_renders_in_chromium(report_html, tmp_path, chromium):
     """The final montage, the convergence plot and an iteration's page show as real images."""
     steps = ["1. Final class averages", "eye:montage", "record",
              "Results", "2. Convergence", "eye:convergence", "record",
              "Results", "3. Class averages per iteration", "iteration 01", "eye:montage", "record"]
     shot = tmp_path / "final_montage.png"
-    log = chromium(report_html, steps, tmp_path)
+    log = click_through(chromium, report_html, steps, tmp_path)
     clicks = [entry for entry in log if isinstance(entry, list)]
     assert all(ok for _, ok in clicks), clicks
     records = [entry["record"] for entry in log if isinstance(entry, dict)]
@@ -150,7 +147,7 @@ def test_report_renders_in_chromium(report_html, tmp_path):
         assert rec and rec[-1]["w"] > 200 and rec[-1]["h"] > 150, records
     assert len({rec[-1]["len"] for rec in records}) == 3  # three different pictures
     # a screenshot of the final montage page, checked for content (and left in tmp_path to look at)
-    chromium(report_html, steps[:3], tmp_path, screenshot=shot)
+    click_through(chromium, report_html, steps[:3], tmp_path, screenshot=shot)
     import matplotlib.image as mpimg
 
     img = mpimg.imread(shot)
