@@ -52,8 +52,7 @@ def relion():
 def chromium():
     """A headless Chromium for the report's rendering test (Debian's ``chromium`` installed when
     missing and root, about 12 s; else the test skips, saying why)."""
-    names = ("chromium", "chromium-browser", "google-chrome")
-    found = next((shutil.which(n) for n in names if shutil.which(n)), None)
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if found is None:
         why = _apt_install("chromium", "chromium")
         if why is not None:

@@ -15,7 +15,6 @@ from r2d import io, montage
 from test_export import N, smk, tiny_run
 
 
-
 @pytest.fixture(scope="module")
 def run_wd(tmp_path_factory):
     return tiny_run(tmp_path_factory)

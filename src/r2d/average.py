@@ -778,21 +778,18 @@ def _plain_ccc(option) -> bool:
 
 def _flip_and_filter(images: np.ndarray, ctf: ParticleCTF | None, weight: np.ndarray | None, *, workers: int = 1,
                      batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(Xc, Xs)``: the images phase-flipped in their own frame (:func:`_phase_flip`; the
-    images themselves without ``ctf``) and those filtered by the radial ``weight``
-    (:func:`r2d.transforms.radial_filter`; ``Xc`` itself without ``weight``), from one
-    forward FFT per image. Each ``(N, n, n)`` float32."""
+    """``(Xc, Xs)``, each ``(N, n, n)`` float32: ``Xc`` the images phase-flipped in their own
+    frame (Fourier coefficients times ``sign(c)``: the sign of the CTF for raw images, unchanged
+    for phase-flipped or premultiplied ones; the images themselves without ``ctf``), ``Xs``
+    those filtered by the radial ``weight`` (:func:`r2d.transforms.radial_filter`; ``Xc`` itself
+    without ``weight``); one forward FFT per image for both."""
     images = np.asarray(images, dtype=np.float32)
-    if ctf is None and weight is None:
-        return images, images
-    if weight is None:
-        Xc = _phase_flip(images, ctf, workers=workers, batch=batch)
-        return Xc, Xc
     if ctf is None:
-        return images, tf.radial_filter(images, weight, workers=workers)
+        return images, images if weight is None else tf.radial_filter(images, weight, workers=workers)
     N, n, _ = images.shape
-    H = tf.radial_weight_grid(n, weight)
-    Xc, Xs = np.empty_like(images), np.empty_like(images)
+    H = None if weight is None else tf.radial_weight_grid(n, weight)
+    Xc = np.empty_like(images)
+    Xs = Xc if H is None else np.empty_like(images)
     batch = batch or _batch(n)
     for lo in range(0, N, batch):
         sel = np.arange(lo, min(N, lo + batch))
@@ -800,21 +797,7 @@ def _flip_and_filter(images: np.ndarray, ctf: ParticleCTF | None, weight: np.nda
         F = sfft.rfft2(images[sel], workers=workers)
         F *= np.sign(c)
         Xc[sel] = sfft.irfft2(F, s=(n, n), workers=workers)
-        F *= H
-        Xs[sel] = sfft.irfft2(F, s=(n, n), workers=workers)
+        if H is not None:
+            F *= H
+            Xs[sel] = sfft.irfft2(F, s=(n, n), workers=workers)
     return Xc, Xs
-
-
-def _phase_flip(images: np.ndarray, ctf: ParticleCTF, *, workers: int = 1, batch: int | None = None) -> np.ndarray:
-    """Each image phase-flipped in its own frame (Fourier coefficients times ``sign(c)``: the
-    sign of the CTF for raw images, unchanged for phase-flipped or premultiplied ones):
-    ``(N, n, n)`` float32."""
-    images = np.asarray(images, dtype=np.float32)
-    N, n, _ = images.shape
-    out = np.empty_like(images)
-    batch = batch or _batch(n)
-    for lo in range(0, N, batch):
-        sel = np.arange(lo, min(N, lo + batch))
-        c, _ = ctf.take(sel).wiener_terms(n)
-        out[sel] = sfft.irfft2(sfft.rfft2(images[sel], workers=workers) * np.sign(c), s=(n, n), workers=workers)
-    return out

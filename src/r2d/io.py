@@ -68,10 +68,8 @@ def _process_start() -> float | None:
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
-def _writer_alive(host: str, pid: int) -> bool:
-    """Whether the writer `pid` on `host` named in a temporary file may still be running."""
-    if host != _HOST:
-        return True  # another machine: cannot tell here
+def _writer_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine (a temporary file's writer) may still be running."""
     if pid == os.getpid():
         return True
     try:
@@ -96,7 +94,7 @@ def _remove_stale_parts(path: Path) -> None:
         m = pattern.match(part.name)
         try:
             if m is not None and m.group(1) == _HOST:
-                stale = not _writer_alive(m.group(1), int(m.group(2)))
+                stale = not _writer_alive(int(m.group(2)))
             else:  # another machine, or an older naming
                 start = _process_start() if start is None else start
                 stale = start is not None and part.stat().st_mtime < start - 1.0
