@@ -1,0 +1,213 @@
+"""Memory and time estimates of the workflow's jobs (``resources: mem_mb``, ``runtime``).
+
+Every rule's job asks its executor (the local scheduler, or SLURM's ``--mem`` and ``-t``) for
+an estimate computed from the input (particles used, box size in px) and the config (chunks,
+ncls, ...). A chunked job's memory follows its chunk, and a per-particle step holds at most
+``image_block(box)`` particles at once (64 MiB of images), so its memory does not grow with
+the dataset beyond one block.
+
+Per rule (``JOBS``: the job's :class:`Cost` kind, whether it works on one chunk, whether it
+runs ``threads`` threads), with ``box`` in px and ``n`` the particles it works on::
+
+    mem_mb  = 1.25 * (170 + A * (box/64)^2 + I * img * held)  rounded up to 100 MiB, >= 500
+    runtime = ceil(3 * s * n * (box/64)^3 * passes / threads / 60) minutes, >= 10
+
+170 MiB is Python, numpy and r2d; ``A`` (MiB) the box-dependent tables (aligner); ``img``
+one float32 image, ``box^2 * 4`` bytes, in MiB; ``I`` the images held per particle;
+``held`` the particles held at once; ``s`` the CPU seconds per particle at 64 px; ``3`` a
+safety factor. ``A``, ``I`` and ``s`` are fitted to the peak RSS and CPU time (``/usr/bin/time``)
+of the jobs on simulated 2000-particle stacks of 64 px and 128 px with 2 threads:
+
+=====================  ==========================================================
+simmx chunk (5 refs)   603/642 MiB at 500/2000 particles, 64 px; 2015/2384 MiB at 128 px
+mra chunk (32 refs)    699/739 MiB at 500/2000, 64 px; 2716 MiB at 500, 128 px
+class averaging        709 MiB at 2000, 64 px; 2653 MiB at 2000, 128 px (whole stack)
+input_fp               252/522 MiB at 2000, 64/128 px; its MSA 277/565 MiB
+input_proj chunk       325/477 MiB at 500/2000, 64 px
+others at 64 px        allrefs 401, aliref 168, classify 64, gather 43, montage 101,
+                       export 140 MiB
+=====================  ==========================================================
+
+A value in the config's ``resources: {RULE: {mem_mb: MiB, runtime: minutes}}`` replaces the
+estimate; Snakemake's ``--set-resources RULE:mem_mb=...`` wins over both. A job retried
+(``--retries``) asks for ``attempt`` times the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from r2d.io import image_block
+
+#: memory of Python, numpy and r2d in every job (MiB)
+BASE_MB = 170
+#: smallest memory (MiB) and time limit (minutes) a job asks for
+MIN_MEM_MB = 500
+MIN_RUNTIME = 10
+#: asked for beyond the memory estimate, and beyond the CPU-time estimate
+MEM_MARGIN = 1.25
+TIME_MARGIN = 3
+
+
+@dataclass(frozen=True)
+class Cost:
+    """How a kind of job uses memory and CPU (the coefficients of the formulas above).
+
+    ``tables_mb``: ``A``, MiB at 64 px (scales with box²); ``images``: ``I``, float32 images
+    held per particle; ``held``: which particles are held at once: ``"all"`` it works on,
+    ``"subset"`` (the initial stage's subset, all held), ``"block"`` (at most
+    ``image_block(box)``); ``cpu_s``: ``s``, CPU seconds per particle at 64 px (scales with
+    box³); ``passes``: passes over the particles; ``subset``: works on the initial stage's
+    subset only.
+    """
+
+    tables_mb: float
+    images: float
+    held: str
+    cpu_s: float
+    passes: int = 1
+    subset: bool = False
+
+
+def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
+    """The :class:`Cost` of every kind of job for these config values."""
+    return {
+        "input_fp": Cost(0, 3, "subset", 0.001, subset=True),
+        "msa_fp": Cost(0, 4.4, "subset", 0.002, subset=True),  # footprints: ~0.55 img per particle
+        "project_fp": Cost(0, 1.8, "subset", 0.001, subset=True),
+        "classify": Cost(0, 0.1, "all", 0.0005),
+        "average": Cost(450, 7, "block", 0.0045, classiter + 1),
+        "average_init": Cost(450, 7, "block", 0.0045, 9, subset=True),  # 8 passes + the first average
+        "refs": Cost(250, 0, "all", 0),  # allrefs: class averages and aligner tables
+        "light": Cost(0, 0, "all", 0),  # aliref, basis, montages, summary: class averages only
+        "simmx_chunk": Cost(420, 4, "block", 0.0012 * naliref),
+        "mra_chunk": Cost(650, 4, "block", 0.015 * ncls / 32),  # CPU time measured with ncls 32
+        "gather": Cost(0, 0.2, "all", 0.0002),  # score/shift rows: ~0.2 img per particle
+        "input_proj": Cost(150, 7, "block", 0.002),
+        "export": Cost(0, 1, "block", 0.001),
+    }
+
+
+@dataclass(frozen=True)
+class Job:
+    """A rule's job: its :class:`Cost` kind; ``chunked``: one of ``chunks`` jobs of a step (its
+    share of the particles); ``threaded``: runs the config's ``threads`` threads."""
+
+    kind: str
+    chunked: bool = False
+    threaded: bool = False
+
+
+#: every rule of the workflow (the schema's ``resources`` keys are these names)
+JOBS: dict[str, Job] = {
+    "particles": Job("gather"),
+    "input_fp": Job("input_fp", threaded=True),
+    "input_fp_basis": Job("msa_fp"),
+    "input_fp_basis_proj": Job("project_fp"),
+    "classmx_00": Job("classify"),
+    "classes_init_chunk": Job("average_init", chunked=True, threaded=True),
+    "classes_init": Job("gather"),
+    "allrefs": Job("refs", threaded=True),
+    "basis": Job("light"),
+    "aliref": Job("light", threaded=True),
+    "simmx_chunk": Job("simmx_chunk", chunked=True, threaded=True),
+    "simmx": Job("gather"),
+    "mra_chunk": Job("mra_chunk", chunked=True, threaded=True),
+    "mra": Job("gather"),
+    "input_proj_chunk": Job("input_proj", chunked=True),
+    "input_proj": Job("gather"),
+    "classmx": Job("classify"),
+    "classes_chunk": Job("average", chunked=True, threaded=True),
+    "classes": Job("gather"),
+    "montage_final": Job("light"),
+    "montage_init": Job("light"),
+    "montage": Job("light"),
+    "summary": Job("light"),
+    "export": Job("export"),
+}
+
+
+def subset_size(n: int, ncls: int) -> int:
+    """Particles of the initial stage: at most ``max(2000, 10 ncls)`` of ``n`` (``r2d invariants``)."""
+    return min(n, max(2000, 10 * ncls))
+
+
+@dataclass(frozen=True)
+class ResourceModel:
+    """The estimates for one run: ``n_used`` particles (after ``exclude``) of ``box`` px.
+
+    ``overrides``: the config's ``resources`` (rule -> ``{"mem_mb": MiB, "runtime": minutes}``).
+    """
+
+    n_used: int
+    box: int
+    ncls: int
+    naliref: int
+    classiter: int
+    chunks: int
+    threads: int
+    overrides: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Mapping, facts: Mapping) -> ResourceModel:
+        """The model of a checked config (defaults filled) and the input's facts
+        (:func:`r2d.check.check_workflow_config`: ``n_used`` or ``n``, ``box``; without them,
+        one particle of 64 px)."""
+        return cls(
+            n_used=max(1, facts.get("n_used", facts.get("n", 1))),
+            box=facts.get("box", 64),
+            ncls=config["ncls"],
+            naliref=config["naliref"],
+            classiter=config["classiter"],
+            chunks=config["chunks"],
+            threads=config["threads"],
+            overrides=config.get("resources") or {},
+        )
+
+    def cost(self, kind: str) -> Cost:
+        return costs(self.ncls, self.naliref, self.classiter)[kind]
+
+    def particles(self, kind: str, chunked: bool = False) -> int:
+        """Particles a job of ``kind`` works on: the initial stage's subset or all used ones;
+        a chunked job its share, ``ceil(n / chunks)``."""
+        n = self.n_used
+        if self.cost(kind).subset:
+            n = subset_size(n, self.ncls)
+        return -(-n // self.chunks) if chunked else n
+
+    def held(self, kind: str, chunked: bool = False) -> int:
+        """Particles a job of ``kind`` holds in memory at once."""
+        n = self.particles(kind, chunked)
+        return min(n, image_block(self.box)) if self.cost(kind).held == "block" else n
+
+    def estimate_mem_mb(self, kind: str, chunked: bool = False) -> int:
+        """Memory estimate (MiB) of a job of ``kind``: the formula of the module docstring."""
+        c = self.cost(kind)
+        img_mb = self.box * self.box * 4 / 2**20
+        est = BASE_MB + c.tables_mb * (self.box / 64) ** 2 + c.images * img_mb * self.held(kind, chunked)
+        return max(MIN_MEM_MB, 100 * int(-(-MEM_MARGIN * est // 100)))
+
+    def estimate_runtime(self, kind: str, chunked: bool = False, threads: int = 1) -> int:
+        """Time-limit estimate (minutes) of a job of ``kind`` running ``threads`` threads."""
+        c = self.cost(kind)
+        est = (TIME_MARGIN * c.cpu_s * self.particles(kind, chunked) * (self.box / 64) ** 3 * c.passes
+               / threads / 60)
+        return max(MIN_RUNTIME, int(-(-est // 1)))
+
+    def _override(self, rule: str, key: str) -> int | None:
+        return (self.overrides.get(rule) or {}).get(key)
+
+    def mem_mb(self, rule: str, attempt: int = 1) -> int:
+        """``resources: mem_mb`` of a job of ``rule`` (MiB): the config's value or the estimate,
+        times ``attempt``."""
+        job = JOBS[rule]
+        return (self._override(rule, "mem_mb") or self.estimate_mem_mb(job.kind, job.chunked)) * attempt
+
+    def runtime(self, rule: str, attempt: int = 1) -> int:
+        """``resources: runtime`` of a job of ``rule`` (minutes): the config's value or the
+        estimate, times ``attempt``."""
+        job = JOBS[rule]
+        threads = self.threads if job.threaded else 1
+        value = self._override(rule, "runtime") or self.estimate_runtime(job.kind, job.chunked, threads)
+        return value * attempt

@@ -1,0 +1,140 @@
+"""The job resource model (r2d.resources): memory and time estimates, overrides, retries."""
+
+from __future__ import annotations
+
+import pytest
+
+from r2d import check
+from r2d.io import image_block
+from r2d.resources import BASE_MB, JOBS, MEM_MARGIN, MIN_MEM_MB, MIN_RUNTIME, ResourceModel, costs, subset_size
+
+CONFIG = {"ncls": 32, "naliref": 5, "classiter": 5, "chunks": 2, "threads": 1, "resources": {}}
+CHUNKED = sorted(r for r, j in JOBS.items() if j.chunked)
+
+
+def model(n=100_000, box=128, **config) -> ResourceModel:
+    return ResourceModel.from_config({**CONFIG, **config}, {"n": n, "n_used": n, "box": box})
+
+
+# (mem_mb MiB, runtime min) of the default config: the numbers the workflow asked for before
+# the model moved into r2d.resources, and what SLURM jobs are sized by; they must not drift
+PINNED = {
+    (100_000, 128): {"particles": (1800, 10), "input_fp": (700, 10), "input_fp_basis": (900, 10),
+                     "classes_init_chunk": (3100, 17), "allrefs": (1500, 10), "simmx_chunk": (2700, 120),
+                     "mra_chunk": (3800, 300), "input_proj_chunk": (1600, 40), "classmx": (1000, 20),
+                     "classes_chunk": (3100, 540), "classes": (1800, 10), "export": (500, 40)},
+    (10_000, 96): {"particles": (500, 10), "input_fp_basis": (600, 10), "classes_init_chunk": (1800, 10),
+                   "allrefs": (1000, 10), "simmx_chunk": (1800, 10), "mra_chunk": (2400, 13),
+                   "input_proj_chunk": (1200, 10), "classes_chunk": (2100, 23)},
+    (1_000, 64): {"classes_init_chunk": (900, 10), "allrefs": (600, 10), "simmx_chunk": (800, 10),
+                  "mra_chunk": (1100, 10), "classes_chunk": (900, 10)},
+}
+
+
+@pytest.mark.parametrize("n,box", sorted(PINNED))
+def test_estimates_are_the_pinned_numbers(n, box):
+    m = model(n, box)
+    got = {rule: (m.mem_mb(rule), m.runtime(rule)) for rule in PINNED[n, box]}
+    assert got == PINNED[n, box]
+
+
+def test_threads_divide_the_runtime_of_threaded_jobs_only():
+    one, two = model(threads=1, chunks=4), model(threads=2, chunks=4)
+    assert (two.runtime("simmx_chunk"), two.runtime("mra_chunk"), two.runtime("classes_chunk")) == (30, 75, 135)
+    assert one.runtime("mra_chunk") == 2 * two.runtime("mra_chunk")
+    assert one.runtime("input_proj_chunk") == two.runtime("input_proj_chunk")  # runs one thread
+    assert one.mem_mb("simmx_chunk") == two.mem_mb("simmx_chunk")
+
+
+def test_every_rule_of_the_schema_has_a_job_and_a_cost():
+    schema = check.load_schema()
+    assert set(JOBS) == set(schema["properties"]["resources"]["propertyNames"]["enum"])
+    kinds = costs(32, 5, 5)
+    assert {j.kind for j in JOBS.values()} <= set(kinds)
+
+
+def test_memory_grows_with_the_box_squared():
+    """Whole-stack jobs and box-dependent tables: beyond the fixed base, memory ~ box² (px)."""
+    base = MEM_MARGIN * BASE_MB
+    for rule in ("particles", "classmx", "allrefs"):
+        m128, m256 = model(box=128).mem_mb(rule), model(box=256).mem_mb(rule)
+        assert (m256 - base) / (m128 - base) == pytest.approx(4, rel=0.05), rule
+    for rule in CHUNKED:  # their tables grow; the block of particles held shrinks as box² grows
+        assert model(box=256).mem_mb(rule) > model(box=128).mem_mb(rule) > model(box=64).mem_mb(rule), rule
+
+
+@pytest.mark.parametrize("rule", CHUNKED)
+def test_chunked_job_memory_does_not_grow_beyond_one_block(rule):
+    """A chunk holds at most image_block(box) particles: 10^5 or 10^7 particles, same memory."""
+    job = JOBS[rule]
+    sizes = [model(n=n, box=128) for n in (100_000, 1_000_000, 10_000_000)]
+    assert len({m.mem_mb(rule) for m in sizes}) == 1
+    assert all(m.held(job.kind, chunked=True) <= image_block(128) for m in sizes)
+    # ... but the time limit follows the share of the particles (not for the initial subset)
+    if not sizes[0].cost(job.kind).subset:
+        assert sizes[0].runtime(rule) < sizes[1].runtime(rule) < sizes[2].runtime(rule)
+
+
+def test_whole_stack_jobs_grow_with_the_dataset():
+    assert model(n=100_000).mem_mb("particles") < model(n=1_000_000).mem_mb("particles")
+    assert model(n=100_000).mem_mb("classmx") < model(n=1_000_000).mem_mb("classmx")
+
+
+def test_chunk_share_is_rounded_up():
+    m = model(n=1001, box=64, chunks=4)
+    assert m.particles("simmx_chunk", chunked=True) == 251
+    assert m.particles("simmx_chunk") == 1001
+
+
+def test_initial_stage_works_on_a_subset_of_at_most_max_2000_10ncls():
+    assert subset_size(100_000, 32) == 2000 and subset_size(100_000, 500) == 5000 and subset_size(60, 4) == 60
+    for rule in ("input_fp", "input_fp_basis", "input_fp_basis_proj", "classes_init_chunk"):
+        kind = JOBS[rule].kind
+        assert model(n=10_000).particles(kind) == model(n=10_000_000).particles(kind) == 2000, rule
+        assert model(n=10_000_000).mem_mb(rule) == model(n=10_000).mem_mb(rule), rule
+        assert model(n=10_000_000, ncls=500).particles(kind) == 5000, rule
+    # the iteration's class averaging works on every particle
+    assert model(n=10_000).particles("average") == 10_000
+
+
+def test_minimums_are_honoured():
+    tiny = ResourceModel.from_config(CONFIG, {"n": 60, "box": 32})
+    for rule in JOBS:
+        assert tiny.mem_mb(rule) >= MIN_MEM_MB and tiny.runtime(rule) >= MIN_RUNTIME, rule
+    assert tiny.mem_mb("montage") == 500 and tiny.runtime("montage") == 10
+    # without input facts (no input opened): one particle of 64 px
+    blank = ResourceModel.from_config(CONFIG, {})
+    assert (blank.n_used, blank.box) == (1, 64) and blank.mem_mb("simmx_chunk") == 800
+
+
+def test_memory_is_rounded_up_to_100_mib_with_a_margin():
+    m = model(n=100_000, box=128)
+    for rule in JOBS:
+        value = m.mem_mb(rule)
+        assert value % 100 == 0
+        assert value >= 1.25 * 170
+
+
+def test_config_overrides_win_and_attempt_multiplies():
+    over = {"simmx_chunk": {"mem_mb": 4000}, "classes": {"runtime": 77}, "mra_chunk": {"mem_mb": 123, "runtime": 5}}
+    m = model(resources=over)
+    assert m.mem_mb("simmx_chunk") == 4000 and m.runtime("simmx_chunk") == 120  # the other key: the estimate
+    assert m.runtime("classes") == 77 and m.mem_mb("classes") == 1800
+    assert (m.mem_mb("mra_chunk"), m.runtime("mra_chunk")) == (123, 5)  # below the minimums: as given
+    for attempt in (1, 2, 3):
+        assert m.mem_mb("simmx_chunk", attempt) == 4000 * attempt
+        assert m.runtime("mra_chunk", attempt) == 5 * attempt
+        assert m.mem_mb("classes_chunk", attempt) == 3100 * attempt
+    assert model(resources=None).mem_mb("simmx_chunk") == 2700  # `resources: null`
+
+
+def test_excluded_particles_do_not_count():
+    m = ResourceModel.from_config(CONFIG, {"n": 1_000_000, "n_used": 100_000, "box": 128})
+    assert m.mem_mb("particles") == model(n=100_000).mem_mb("particles")
+
+
+def test_cpu_cost_follows_the_references():
+    """simmx searches naliref references, mra all ncls class averages."""
+    assert model(naliref=10).runtime("simmx_chunk") == 2 * model(naliref=5).runtime("simmx_chunk")
+    assert model(ncls=64).runtime("mra_chunk") == 2 * model(ncls=32).runtime("mra_chunk")
+    assert model(classiter=11).runtime("classes_chunk") == 2 * model(classiter=5).runtime("classes_chunk")
