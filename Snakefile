@@ -6,6 +6,10 @@
 #
 # Every numbered step of e2refine2d is one rule writing its named artifact under `path`.
 
+from snakemake.utils import min_version
+
+min_version("9.0")
+
 
 configfile: "config/config.yaml"
 
@@ -15,7 +19,9 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/init.smk"
-include: "workflow/rules/iteration.smk"
+include: "workflow/rules/references.smk"
+include: "workflow/rules/align.smk"
+include: "workflow/rules/classes.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
 

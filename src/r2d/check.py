@@ -3,9 +3,11 @@
 Called when the Snakefile is parsed (``workflow/rules/common.smk``) and by ``r2d check``, through
 the one entry point :func:`check_workflow_config`:
 
-1. :func:`validate_schema`: the config against ``workflow/schemas/config.schema.yaml`` (unknown
-   keys, wrong types, out-of-range values), defaults filled in, whole-number floats made ints;
-2. :func:`check_config`: relations between values (``naliref`` ≤ ``ncls``, ``classkeep`` …),
+1. :func:`validate_schema`: the config against the schema shipped with the package
+   (``r2d/schemas/config.schema.yaml``, :data:`SCHEMA`): unknown keys, wrong types,
+   out-of-range values; defaults filled in, whole-number floats made ints;
+2. :func:`check_config`: relations between values (``naliref`` ≤ ``ncls``, ``nbasisfp`` ≤ the
+   class averages the MSA gets, ``classkeep`` …),
    EMAN2 option strings, the run folder, and the input files from their headers only: the
    particle stack (exists, readable, known format, square, one box size, at least ``ncls``
    particles after ``exclude``, pixel size), the ``exclude`` file (integers in range) and the
@@ -13,7 +15,8 @@ the one entry point :func:`check_workflow_config`:
 
 Each problem raises :class:`r2d.errors.ConfigError` (a config value) or
 :class:`r2d.errors.InputError` (a file) with one message that starts with the config key and
-says what is wrong and what to do. Problems that r2d can work around are returned as warnings.
+says what is wrong and what to do. Problems that r2d can work around are returned as warnings
+(so is a default that does not fit the other values and is lowered: ``nbasisfp`` for a small ``ncls``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import difflib
 import logging
 import math
 import os
+from importlib import resources
 from pathlib import Path
 
 from r2d.errors import ConfigError, InputError, UserError
@@ -29,8 +33,11 @@ from r2d.options import check_config_options
 
 log = logging.getLogger(__name__)
 
-#: the workflow's config schema (source checkout layout: src/r2d/check.py -> workflow/schemas/)
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+#: the workflow's config schema, package data of r2d (the workflow and ``r2d check`` both use it)
+SCHEMA = Path(str(resources.files("r2d") / "schemas" / "config.schema.yaml"))
+
+#: class averages the initial k-means makes at most (classmx_00: ``min(INIT_CLASSES, ncls)``)
+INIT_CLASSES = 50
 
 #: smallest box (px) the simmx search may be shrunk to
 MIN_SEARCH_BOX = 8
@@ -50,7 +57,7 @@ def load_schema(path=None) -> dict:
             return yaml.safe_load(fh)
     except OSError as exc:
         raise ConfigError(f"config schema {path} cannot be read ({exc.strerror}); "
-                          "run r2d from its source checkout") from None
+                          "reinstall r2d (the schema is part of the package)") from None
 
 
 def _resolve(schema: dict, prop: dict) -> dict:
@@ -184,12 +191,49 @@ def _open(key: str, path):
         raise InputError(f"{key}: {exc}") from None
 
 
-def check_config(config: dict, *, open_input: bool = True) -> dict:
+def _fit_nbasisfp(config: dict, defaulted, warnings: list[str], n_initial: int | None = None) -> None:
+    """``nbasisfp`` against the class averages the MSA of the class averages gets.
+
+    ``basis_YY`` is the MSA of iteration YY's references: for iteration 01 the initial k-means'
+    ``min(INIT_CLASSES, ncls)`` averages (or the ``n_initial`` images of ``initial``), then
+    ``ncls`` averages; ``input_fp_basis`` gets the subset's footprints, at least ``ncls`` of them.
+    A default that exceeds this is lowered to it (one warning); a value the user set raises.
+    """
+    nb, ncls = config["nbasisfp"], config["ncls"]
+    if n_initial is not None:
+        first, source = n_initial, f"the {n_initial} images of initial"
+    elif config.get("initial"):
+        first, source = ncls, f"ncls={ncls}"
+    else:
+        first = min(INIT_CLASSES, ncls)
+        source = f"ncls={ncls}" if first == ncls else f"the {first} initial classes"
+    limit = min(ncls, first)
+    if nb <= limit:
+        return
+    if "nbasisfp" in defaulted:
+        config["nbasisfp"] = limit
+        warnings[:] = [w for w in warnings if not w.startswith("nbasisfp:")]
+        warnings.append(f"nbasisfp: the default {nb} basis vectors exceed the class averages the MSA gets "
+                        f"({source}); using nbasisfp={limit} (set nbasisfp to choose another value)")
+        return
+    if nb > ncls:
+        raise ConfigError(f"nbasisfp: {nb} basis vectors exceed ncls={ncls}: the MSA of "
+                          f"the class averages needs at least nbasisfp averages; lower nbasisfp")
+    if n_initial is None:
+        raise ConfigError(f"nbasisfp: {nb} basis vectors exceed the {first} class averages of the initial "
+                          f"k-means (min({INIT_CLASSES}, ncls)), the MSA of iteration 01; use at most {first}, "
+                          "or give `initial` averages")
+    # fewer `initial` images than nbasisfp: check_config's message on `initial` says what to do
+
+
+def check_config(config: dict, *, open_input: bool = True, defaulted=frozenset()) -> dict:
     """Check a (schema-validated, defaults filled) config; return facts about the input.
 
     Facts: ``n`` (particles), ``n_excluded``, ``n_used``, ``box``, ``apix`` (Å/px or None),
     ``warnings`` (list of messages for problems r2d works around). With ``open_input=False``
-    only the config values are checked.
+    only the config values are checked. ``defaulted``: the keys whose value is the schema's
+    default, not the user's; such a value may be adapted to the others (``nbasisfp``), in
+    ``config`` itself, with a warning.
     """
     warnings: list[str] = []
     facts: dict = {"warnings": warnings}
@@ -201,9 +245,7 @@ def check_config(config: dict, *, open_input: bool = True) -> dict:
     if config["naliref"] > ncls:
         raise ConfigError(f"naliref: {config['naliref']} alignment references exceed ncls={ncls} classes; "
                           f"lower naliref or raise ncls")
-    if config["nbasisfp"] > ncls:
-        raise ConfigError(f"nbasisfp: {config['nbasisfp']} basis vectors exceed ncls={ncls}: the MSA of "
-                          f"the class averages needs at least nbasisfp averages; lower nbasisfp")
+    _fit_nbasisfp(config, defaulted, warnings)
     _check_run_folder(config["path"])
     if not open_input:
         return facts
@@ -260,6 +302,7 @@ def check_config(config: dict, *, open_input: bool = True) -> dict:
         if init.box != box:
             raise InputError(f"initial: {config['initial']} has {init.box} px images but the particles are "
                              f"{box} px; give class averages of the same box size")
+        _fit_nbasisfp(config, defaulted, warnings, n_initial=len(init))
         need = max(config["naliref"], config["nbasisfp"])
         if len(init) < need:
             raise InputError(f"initial: {config['initial']} has {len(init)} images; iteration 01 needs at least "
@@ -286,9 +329,14 @@ class _capture_warnings:
 
 
 def check_workflow_config(config: dict, schema=None, *, open_input: bool = True) -> dict:
-    """Schema, then relations and input files: the whole up-front check (raises UserError)."""
+    """Schema, then relations and input files: the whole up-front check (raises UserError).
+
+    ``config`` is completed in place: schema defaults filled in (and adapted, see
+    :func:`check_config`), whole-number floats made ints.
+    """
+    given = set(config) if isinstance(config, dict) else set()
     validate_schema(config, schema)
-    return check_config(config, open_input=open_input)
+    return check_config(config, open_input=open_input, defaulted=set(config) - given)
 
 
 def format_error(exc: UserError) -> str:

@@ -1,29 +1,36 @@
-"""Config validation, iteration helpers and wildcard constraints (no rules here)."""
+"""Config check, iteration helpers, input/params functions and job resources (no rules here)."""
 
 import os
 import sys
 
-from snakemake.utils import validate
-
-from r2d.check import check_workflow_config, format_error
+from r2d.check import INIT_CLASSES, check_workflow_config, format_error
 from r2d.errors import UserError
-from r2d.io import image_block
+from r2d import options
+from r2d.resources import ResourceModel
 
-# Up-front validation, before any job runs (r2d.check; `r2d check` runs the same checks):
-# schema (unknown keys, types, ranges; fills defaults), relations between values, and the
-# input/exclude/initial files from their headers. One message per problem, then exit 1.
-SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+# Up-front check, before any job runs, with r2d.check (the checks `r2d check` runs): the
+# package's schema (unknown keys, types, ranges; defaults filled into `config`), relations
+# between values, and the input/exclude/initial files from their headers. One message per
+# problem, then exit 1.
 try:
-    INPUT_FACTS = check_workflow_config(config, SCHEMA)
+    INPUT_FACTS = check_workflow_config(config)
 except UserError as exc:
     sys.stderr.write(f"\n{format_error(exc)}\n\n")
     sys.exit(1)
 for _warning in INPUT_FACTS["warnings"]:
     sys.stderr.write(f"r2d: warning: {_warning}\n")
-validate(config, schema="../schemas/config.schema.yaml")
 
 RUN = config["path"]
 ITERS = [f"{i:02d}" for i in range(1, config["iter"] + 1)]
+
+# The environment every job runs `r2d` in (with --sdm conda), named by each rule, as --lint
+# asks; a global `conda:` directive would instead deploy it into the Snakemake process.
+R2D_ENV = "../envs/r2d.yaml"
+
+# Scheduling (Snakemake starts ready jobs by priority): the chain to classes_YY first (mra,
+# classmx, class chunks: most of an iteration's work), then the short reference steps, then
+# the side branch simmx_YY -> input_YY_proj, which fills the cores the chain leaves free.
+PRIO_MRA, PRIO_CLASSES, PRIO_REFS = 3, 2, 1
 
 
 wildcard_constraints:
@@ -48,6 +55,11 @@ def iteration_seed(it):
     return config["seed"] * 1000 + int(it)
 
 
+def seed_of_iteration(wildcards):
+    """`params: seed` of an iteration's job: iteration_seed of its {it}."""
+    return iteration_seed(wildcards.it)
+
+
 def prev_classes(wildcards):
     """References of iteration `it`: --initial or classes_init for 01, classes_{it-1} after."""
     it = int(wildcards.it)
@@ -57,6 +69,7 @@ def prev_classes(wildcards):
 
 
 def exclude_input(wildcards):
+    """The `exclude` file as an input (none without one)."""
     return [config["exclude"]] if config["exclude"] else []
 
 
@@ -64,16 +77,39 @@ def exclude_arg():
     return f"--exclude {config['exclude']}" if config["exclude"] else ""
 
 
+def mra_arg(wildcards, input):
+    """`r2d classify --mra` with classify mra (classmx_YY from mra_YY), else nothing."""
+    return f"--mra {input.mra}" if input.mra else ""
+
+
+def run_folder(wildcards, input):
+    """The run folder of `r2d montage --summary` and `r2d export`: that of the job's class averages."""
+    classes = input.classes
+    return os.path.dirname(classes if isinstance(classes, str) else classes[0])
+
+
+def output_folder(wildcards, output):
+    """Folder of the job's first output."""
+    return os.path.dirname(output[0])
+
+
+def apix_arg():
+    return f"--apix {config['apix']}" if config["apix"] else ""
+
+
 def with_maxshift(aligner, maxshift):
     """The aligner option string with its maxshift set (-1 -> box/8, the class averages being centred)."""
-    from r2d.options import Option, parse
-
-    a = parse(aligner, "aligner")
+    a = options.parse(aligner, "aligner")
     if maxshift is None or maxshift < 0:
         if "box" not in INPUT_FACTS:
             return aligner
         maxshift = INPUT_FACTS["box"] / 8
-    return str(Option(a.name, {**a.params, "maxshift": float(maxshift)}))
+    return str(options.Option(a.name, {**a.params, "maxshift": float(maxshift)}))
+
+
+def opt(value):
+    """An EMAN2 option string for the shell, quoted; None/null -> 'None'."""
+    return "'None'" if value in (None, "", "None") else f"'{value}'"
 
 
 def simmx_args(align):
@@ -85,11 +121,6 @@ def simmx_args(align):
             f"--cmp {opt(config['simcmp'])} --shrink {config['shrink']} {exclude_arg()}",
         ]
     )
-
-
-def opt(value):
-    """An EMAN2 option string for the shell, quoted; None/null -> 'None'."""
-    return "'None'" if value in (None, "", "None") else f"'{value}'"
 
 
 def class_args(iterations, prior=False):
@@ -118,82 +149,27 @@ def final_outputs():
     exports (EXPORT_FILES in export.smk); with `classify: mra` also every iteration's
     input_YY_proj (and so simmx_YY), which classmx_YY then does not need.
     """
-    side = [art(f"input_{it}_proj.h5") for it in ITERS] if config["classify"] == "mra" else []
+    side = (
+        [art(f"input_{it}_proj.h5") for it in ITERS]
+        if config["classify"] == "mra"
+        else []
+    )
     return [art(f"classes_{ITERS[-1]}.hdf"), *side, *REPORT_FILES, *EXPORT_FILES]
 
 
-# ---- threads, memory and runtime of every job -------------------------------------------------
-# Estimated from the input (INPUT_FACTS: particles used, box) and the chunk size: a chunked job's
-# memory depends on its chunk (at most BLOCK particles held at once), not on the dataset.
-# Overrides: config `resources: {RULE: {mem_mb: .., runtime: ..}}`, or Snakemake's own
-# `--set-resources RULE:mem_mb=..` (wins over both). A retried job (--retries) asks for
-# attempt x the estimate.
-#   mem_mb  = 1.25 * (170 + A * (box/64)^2 + I * img * particles_held), rounded up to 100, >= 500
-#             (170 MiB = Python + numpy + r2d; A = box-dependent tables (aligner); img = box^2*4 B)
-#   runtime = ceil(3 * s * particles * (box/64)^3 * passes / threads / 60) minutes, >= 10
-# A, I and s (CPU seconds per particle at 64 px) fitted to peak RSS / CPU time measured with
-# /usr/bin/time on simulated 2000-particle stacks of 64 px and 128 px (2 threads):
-#   simmx_chunk (5 refs): 603/642 MiB at 500/2000 ptcls, 64 px; 2015/2384 MiB at 128 px
-#   mra_chunk (32 refs):  699/739 MiB at 500/2000, 64 px; 2716 MiB at 500, 128 px
-#   classes (average):    709 MiB at 2000, 64 px; 2653 MiB at 2000, 128 px (whole stack)
-#   input_fp:             252 / 522 MiB at 2000, 64 / 128 px;  msa of input_fp: 277 / 565 MiB
-#   input_proj chunk:     325/477 MiB at 500/2000, 64 px
-#   at 64 px: allrefs 401, aliref 168, classify 64, gather 43, montage 101, export 140 MiB
-N_USED = max(1, INPUT_FACTS.get("n_used", INPUT_FACTS.get("n", 1)))
-BOX = INPUT_FACTS.get("box", 64)
-IMG_MB = BOX * BOX * 4 / 2**20  # one float32 image
-# particles a per-particle step holds at once (64 MiB of images)
-BLOCK = image_block(BOX)
-# kind: (A MiB, I images per particle, particles held, s CPU s per particle at 64 px, passes)
-_RES = {
-    "input_fp": (0, 3, "subset", 0.001, 1),
-    "msa_fp": (0, 4.4, "subset", 0.002, 1),  # footprints: ~0.55 img per particle
-    "project_fp": (0, 1.8, "subset", 0.001, 1),
-    "classify": (0, 0.1, "all", 0.0005, 1),
-    "average": (450, 7, "block", 0.0045, config["classiter"] + 1),
-    "average_init": (450, 7, "block", 0.0045, 9),  # of the subset only
-    "refs": (250, 0, "all", 0, 1),  # allrefs: class averages and aligner tables
-    # aliref, basis, montages, summary: class averages only
-    "light": (0, 0, "all", 0, 1),
-    "simmx_chunk": (420, 4, "block", 0.0012 * config["naliref"], 1),
-    # CPU time measured with ncls 32
-    "mra_chunk": (650, 4, "block", 0.015 * config["ncls"] / 32, 1),
-    "gather": (0, 0.2, "all", 0.0002, 1),  # score/shift rows: ~0.2 img per particle
-    "input_proj": (150, 7, "block", 0.002, 1),
-    "export": (0, 1, "block", 0.001, 1),
-}
+# ---- threads, memory and runtime of every job ----------------------------------------------
+# r2d.resources estimates them from the input (particles used, box) and the config; the
+# config's `resources: {RULE: {mem_mb: .., runtime: ..}}` replaces an estimate, Snakemake's
+# `--set-resources RULE:mem_mb=..` wins over both. Every rule gives `mem_mb=job_mem_mb,
+# runtime=job_runtime`; Snakemake passes the rule's name (`rulename`) to both.
+RESOURCES = ResourceModel.from_config(config, INPUT_FACTS)
 
 
-def _override(rule, key):
-    return ((config.get("resources") or {}).get(rule) or {}).get(key)
+def job_mem_mb(wildcards, attempt, rulename):
+    """`resources: mem_mb` (MiB) of a job of rule `rulename`, times the attempt (--retries)."""
+    return RESOURCES.mem_mb(rulename, attempt)
 
 
-def _count(kind, chunked):
-    """Particles a job of `kind` works on: the initial stage uses a subset of max(2000, 10 ncls)
-    (r2d invariants); a chunked job its share."""
-    n = N_USED
-    if _RES[kind][2] == "subset" or kind == "average_init":
-        n = min(n, max(2000, 10 * config["ncls"]))
-    return -(-n // config["chunks"]) if chunked else n
-
-
-def _particles(kind, chunked):
-    """Particles a job of `kind` holds at once."""
-    n = _count(kind, chunked)
-    return min(n, BLOCK) if _RES[kind][2] == "block" else n
-
-
-def mem_mb(rule, kind, chunked=False):
-    """`resources: mem_mb` of `rule` (a function of the attempt; formula above)."""
-    tables, per_img, _, _, _ = _RES[kind]
-    est = 170 + tables * (BOX / 64) ** 2 + per_img * IMG_MB * _particles(kind, chunked)
-    value = _override(rule, "mem_mb") or max(500, 100 * int(-(-1.25 * est // 100)))
-    return lambda wildcards, attempt: value * attempt
-
-
-def runtime_min(rule, kind, chunked=False, threads=1):
-    """`resources: runtime` (minutes) of `rule` (a function of the attempt; formula above)."""
-    _, _, _, rate, passes = _RES[kind]
-    est = 3 * rate * _count(kind, chunked) * (BOX / 64) ** 3 * passes / threads / 60
-    value = _override(rule, "runtime") or max(10, int(-(-est // 1)))
-    return lambda wildcards, attempt: value * attempt
+def job_runtime(wildcards, attempt, rulename):
+    """`resources: runtime` (minutes) of a job of rule `rulename`, times the attempt."""
+    return RESOURCES.runtime(rulename, attempt)

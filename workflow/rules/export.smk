@@ -34,16 +34,16 @@ rule export:
     benchmark:
         art("benchmarks/export.tsv")
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("export", "export"),
-        runtime=runtime_min("export", "export"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     params:
-        run=lambda w, input: os.path.dirname(input.classes),
-        outdir=lambda w, output: os.path.dirname(output[0]),
+        run=run_folder,
+        outdir=output_folder,
         it=ITERS[-1],
-        apix=f"--apix {config['apix']}" if config["apix"] else "",
+        apix=apix_arg(),
     shell:
         "r2d export {params.run} --input {input.particles} -o {params.outdir} --iteration {params.it}"
         " {params.apix} > {log} 2>&1"

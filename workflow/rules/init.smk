@@ -11,11 +11,11 @@ rule particles:
     benchmark:
         art("benchmarks/particles.tsv")
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("particles", "gather"),
-        runtime=runtime_min("particles", "gather"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     shell:
         "r2d index {input} -o {output} > {log} 2>&1"
 
@@ -31,11 +31,11 @@ rule input_fp:
     benchmark:
         art("benchmarks/input_fp.tsv")
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: config["threads"]
     resources:
-        mem_mb=mem_mb("input_fp", "input_fp"),
-        runtime=runtime_min("input_fp", "input_fp", threads=config["threads"]),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     params:
         ncls=config["ncls"],
         exclude=exclude_arg(),
@@ -54,11 +54,11 @@ rule input_fp_basis:
     benchmark:
         art("benchmarks/input_fp_basis.tsv")
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("input_fp_basis", "msa_fp"),
-        runtime=runtime_min("input_fp_basis", "msa_fp"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     params:
         nbasis=config["nbasisfp"],
         seed=iteration_seed(0),
@@ -77,11 +77,11 @@ rule input_fp_basis_proj:
     benchmark:
         art("benchmarks/input_fp_basis_proj.tsv")
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("input_fp_basis_proj", "project_fp"),
-        runtime=runtime_min("input_fp_basis_proj", "project_fp"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     params:
         normproj="--normproj" if config["normproj"] else "",
     shell:
@@ -98,13 +98,13 @@ rule classmx_00:
     benchmark:
         art("benchmarks/classmx_00.tsv")
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("classmx_00", "classify"),
-        runtime=runtime_min("classmx_00", "classify"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     params:
-        ncls=min(50, config["ncls"]),
+        ncls=min(INIT_CLASSES, config["ncls"]),
         minchange=config["minchange"],
         fastseed="--fastseed" if config["fastseed"] else "",
         seed=iteration_seed(0),
@@ -125,16 +125,11 @@ rule classes_init_chunk:
     benchmark:
         art("benchmarks/classes_init/{scatteritem}.tsv")
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: config["threads"]
     resources:
-        mem_mb=mem_mb("classes_init_chunk", "average_init", chunked=True),
-        runtime=runtime_min(
-            "classes_init_chunk",
-            "average_init",
-            chunked=True,
-            threads=config["threads"],
-        ),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     params:
         opts=class_args(8),
     shell:
@@ -154,11 +149,11 @@ rule classes_init:
     benchmark:
         art("benchmarks/classes_init.tsv")
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("classes_init", "gather"),
-        runtime=runtime_min("classes_init", "gather"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     shell:
         "(r2d gather -o {output.classes} {input.classes}"
         " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"

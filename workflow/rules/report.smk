@@ -1,8 +1,6 @@
 """Pictures for `snakemake --report`: class-average montages (final, initial, every iteration),
 the convergence and class-size plots and the per-iteration summary (`r2d montage`)."""
 
-import os
-
 
 rule montage_final:
     input:
@@ -17,11 +15,11 @@ rule montage_final:
     log:
         art("logs/montage_final.log"),
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("montage_final", "light"),
-        runtime=runtime_min("montage_final", "light"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     params:
         title=f"final class averages (iteration {ITERS[-1]})",
     shell:
@@ -42,11 +40,11 @@ rule montage_init:
     log:
         art("logs/montage_init.log"),
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("montage_init", "light"),
-        runtime=runtime_min("montage_init", "light"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     shell:
         "r2d montage {input} -o {output} --title 'classes_init' > {log} 2>&1"
 
@@ -65,11 +63,11 @@ rule montage:
     log:
         art("logs/montage_{it}.log"),
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("montage", "light"),
-        runtime=runtime_min("montage", "light"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     shell:
         "r2d montage {input} -o {output} --title 'iteration {wildcards.it}' > {log} 2>&1"
 
@@ -101,13 +99,13 @@ rule summary:
     log:
         art("logs/summary.log"),
     conda:
-        "../envs/r2d.yaml"
+        R2D_ENV
     threads: 1
     resources:
-        mem_mb=mem_mb("summary", "light"),
-        runtime=runtime_min("summary", "light"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
     params:
-        run=lambda w, input: os.path.dirname(input.classmx[0]),
+        run=run_folder,
     shell:
         "r2d montage --summary {params.run} -o {output.summary} --convergence {output.convergence}"
         " --class-sizes {output.sizes} > {log} 2>&1"

@@ -1,0 +1,81 @@
+"""Iteration YY, steps 9-10 (e2refine2d §1.3), wildcard {it}: classmx_YY and classes_YY."""
+
+
+# classify mra: classmx_YY needs mra_YY only; simmx_YY and input_YY_proj (steps 7-8, which
+# k-means classifies) are still made, beside class averaging (final_outputs asks for them)
+rule classmx:
+    input:
+        proj=art("input_{it}_proj.h5") if config["classify"] == "kmeans" else [],
+        mra=art("mra_{it}.h5") if config["classify"] == "mra" else [],
+        exclude=exclude_input,
+    output:
+        ensure(art("classmx_{it}.h5"), non_empty=True),
+    log:
+        art("logs/classmx_{it}.log"),
+    benchmark:
+        art("benchmarks/classmx_{it}.tsv")
+    priority: PRIO_MRA
+    conda:
+        R2D_ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
+    params:
+        ncls=config["ncls"],
+        minchange=config["minchange"],
+        fastseed="--fastseed" if config["fastseed"] else "",
+        seed=seed_of_iteration,
+        exclude=exclude_arg(),
+        mra=mra_arg,
+    shell:
+        "r2d classify {input.proj} -o {output} --ncls {params.ncls} --minchange {params.minchange}"
+        " {params.fastseed} --seed {params.seed} {params.exclude} {params.mra} > {log} 2>&1"
+
+
+rule classes_chunk:
+    input:
+        particles=PARTICLES,
+        classmx=art("classmx_{it}.h5"),
+    output:
+        classes=temp(art("classes_{it}/{scatteritem}.hdf")),
+        resultmx=temp(art("classes_{it}/{scatteritem}.h5")),
+    log:
+        art("logs/classes_{it}/{scatteritem}.log"),
+    benchmark:
+        art("benchmarks/classes_{it}/{scatteritem}.tsv")
+    priority: PRIO_CLASSES
+    conda:
+        R2D_ENV
+    threads: config["threads"]
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
+    params:
+        opts=class_args(config["classiter"], prior=True),
+    shell:
+        "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
+        " --chunk {wildcards.scatteritem} {params.opts} --threads {threads} > {log} 2>&1"
+
+
+rule classes:
+    input:
+        classes=gather.chunk(art("classes_{{it}}/{scatteritem}.hdf")),
+        resultmx=gather.chunk(art("classes_{{it}}/{scatteritem}.h5")),
+    output:
+        classes=art("classes_{it}.hdf"),
+        resultmx=art("resultmx_{it}.h5"),
+    log:
+        art("logs/classes_{it}.log"),
+    benchmark:
+        art("benchmarks/classes_{it}.tsv")
+    priority: PRIO_CLASSES
+    conda:
+        R2D_ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
+    shell:
+        "(r2d gather -o {output.classes} {input.classes}"
+        " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"
