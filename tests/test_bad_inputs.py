@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,10 +30,11 @@ from r2d import io
 from r2d.check import check_workflow_config, format_error
 from r2d.errors import ConfigError, InputError, UserError
 
+from conftest import BIN, run_snakemake
+
 pytestmark = pytest.mark.filterwarnings("ignore:Data array contains NaN values:RuntimeWarning")
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 REAL = REPO.parent / "shared" / "data" / "real"
 
 N, BOX, APIX = 60, 32, 10.0
@@ -359,19 +359,12 @@ def test_nonstandard_real_mrc_header_is_read_with_a_warning(tmp_path, monkeypatc
 
 
 # ----------------------------------------------------------------------------- through Snakemake
-def smk(wd, *args):
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--workflow-profile", "none",
-           "--directory", str(wd), "--cores", "1", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env)
-
-
 def _through_snakemake(case, template, tmp_path, *args):
     if case.root_skips and os.geteuid() == 0:
         pytest.skip("root can read every file")
     wd = make_case(template, tmp_path, case)
     before = snapshot(wd)
-    r = smk(wd, *args)
+    r = run_snakemake(wd, *args, cores=1)
     assert r.returncode == 1, r.stdout + r.stderr
     msg = r.stderr.split("r2d: configuration error: ", 1)
     assert len(msg) == 2, r.stderr
@@ -402,7 +395,7 @@ def test_snakemake_prints_warnings_and_plans(template, tmp_path):
     case = Case("nopix", ConfigError, "", {"input": "data/nopix.mrcs"},
                 _mrc("data/nopix.mrcs", particles(), pixel_size=None))
     wd = make_case(template, tmp_path, case)
-    r = smk(wd, "-n")
+    r = run_snakemake(wd, "-n", cores=1)
     assert r.returncode == 0, r.stderr
     assert "r2d: warning: input: data/nopix.mrcs has no pixel size" in r.stderr
 
@@ -494,7 +487,7 @@ def test_bad_particles_are_excluded_everywhere(tmp_path):
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(
         {"input": "data/particles.star", "ncls": 4, "iter": 2, "naliref": 2, "nbasisfp": 3, "classiter": 1,
          "seed": 7, "threads": 1, "chunks": 2, "path": "run"}))
-    r = smk(wd, "run/classes_02.hdf")
+    r = run_snakemake(wd, "run/classes_02.hdf", cores=1)
     assert r.returncode == 0, r.stderr[-3000:]
     run = wd / "run"
     bad = sorted(BAD)

@@ -4,94 +4,33 @@ The pose conversion is checked three ways: algebra against r2d.transforms, simul
 with known RELION poses (ground truth from r2d.simulate), and RELION itself
 (relion_stack_create --apply_transformation, when installed).
 
-``tiny_run`` (shared with test_report.py and test_select.py) builds a small finished run fast: a
-simulated 60-particle, 32 px stack, classmx files from the true views, class averages from the
-real ``r2d average`` (in-process), then Snakemake runs only the report and export rules.
+The workflow's exports are those of the ``tiny_run`` fixture (conftest.py): a small finished run
+whose report and export rules Snakemake ran.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import starfile
-import yaml
 
 from r2d import cli, io
 from r2d import transforms as tf
 from r2d.export import (export_run, load_result, pose_from_relion, relion_pose, relion_tables,
                         cryosparc_table, write_cs)
 
+from conftest import TINY_APIX as APIX, TINY_N as N, build_tiny_run, run_snakemake
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 REAL = REPO.parent / "shared" / "data" / "real"
-APIX = 10.0
-N = 60
-CONFIG = {"input": "data/particles.star", "ncls": 4, "iter": 1, "naliref": 2, "nbasisfp": 3, "classiter": 1,
-          "seed": 7, "threads": 1, "path": "run"}
-MY_RULES = ["montage_final", "montage", "montage_init", "summary", "export"]
 
-_RUNS: dict = {}
-
-
-def smk(workdir, *args):
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--workflow-profile", "none",
-           "--directory", str(workdir), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env)
-
-
-def _view_labels(truth: pd.DataFrame, k: int) -> np.ndarray:
-    """Classes from the true viewing directions (nearest of k fixed axes, d == -d)."""
-    axes = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0], [1, 1, 1]], dtype=float)[:k]
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    d = truth[["view_x", "view_y", "view_z"]].to_numpy()
-    return np.argmax(np.abs(d @ axes.T), axis=1).astype(np.int32)
-
-
-def _classmx(path, labels):
-    n = len(labels)
-    z = np.zeros(n, dtype=np.float32)
-    io.write_matrix(path, {"class": labels.astype(np.int32), "weight": np.ones(n, np.float32), "dx": z, "dy": z,
-                           "dalpha": z, "mirror": z, "particle": np.arange(n, dtype=np.int64)})
-
-
-def tiny_run(tmp_path_factory) -> Path:
-    """A finished tiny run (see the module docstring); built once per test session."""
-    if "wd" in _RUNS:
-        return _RUNS["wd"]
-    wd = tmp_path_factory.mktemp("r2d_tiny")
-    assert cli.main(["simulate", "--phantom", "--n", str(N), "--box", "32", "--apix", str(APIX), "--snr", "2",
-                     "--shift", "2", "--seed", "2", "-o", str(wd / "data")]) == 0
-    (wd / "config").mkdir()
-    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    truth = pd.read_csv(wd / "data" / "truth.tsv", sep="\t")
-    labels = _view_labels(truth, CONFIG["ncls"])
-    run = wd / "run"
-    run.mkdir()
-    _classmx(run / "classmx_00.h5", labels)
-    _classmx(run / "classmx_01.h5", np.where(np.arange(N) % 10 == 0, (labels + 1) % 4, labels))  # 6 change
-    stack = str(wd / "data" / "particles.star")
-    for name, cmx in (("init", "classmx_00"), ("01", "classmx_01")):
-        assert cli.main(["average", stack, str(run / f"{cmx}.h5"), "-o", str(run / f"classes_{name}.hdf"),
-                         "--resultmx", str(run / f"resultmx_{name}.h5"), "--iter", "1"]) == 0
-    targets = ["run/report/final_classes.png", "run/report/summary.json", "run/report/classes_init.png",
-               "run/report/classes_01.png", "run/export/particles.star"]
-    r = smk(wd, "--rerun-triggers", "mtime", "--allowed-rules", *MY_RULES, "--", *targets)
-    assert r.returncode == 0, r.stderr[-4000:]
-    _RUNS["wd"] = wd
-    _RUNS["smk_output"] = r.stdout + r.stderr
-    return wd
-
-
-@pytest.fixture(scope="module")
-def run_wd(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
+# test_select.py imports these from here (the fixtures `smk` and `tiny_run` give the same)
+smk = run_snakemake
+tiny_run = build_tiny_run
 
 
 def ncc(a, b):
@@ -161,15 +100,15 @@ def test_relion_pose_against_simulation_truth():
 
 
 # ----------------------------------------------------------------------------- the workflow's exports
-def test_particles_star_round_trip(run_wd):
-    out = run_wd / "run" / "export"
+def test_particles_star_round_trip(tiny_run):
+    out = tiny_run / "run" / "export"
     tables = starfile.read(out / "particles.star", always_dict=True)
     optics, parts = tables["optics"], tables["particles"]
-    src = starfile.read(run_wd / "data" / "particles.star", always_dict=True)
+    src = starfile.read(tiny_run / "data" / "particles.star", always_dict=True)
     pd.testing.assert_frame_equal(optics, src["optics"])  # carried over unchanged
     assert len(parts) == N and parts["rlnImageName"].is_unique
-    cmx = io.read_matrix(run_wd / "run" / "classmx_01.h5")
-    res = io.read_matrix(run_wd / "run" / "resultmx_01.h5")
+    cmx = io.read_matrix(tiny_run / "run" / "classmx_01.h5")
+    res = io.read_matrix(tiny_run / "run" / "resultmx_01.h5")
     np.testing.assert_array_equal(parts["rlnClassNumber"].to_numpy() - 1, cmx["class"])
     psi, ox, oy = relion_pose(res["dalpha"], res["dx"], res["dy"])
     np.testing.assert_allclose(parts["rlnAnglePsi"], psi, atol=1e-4)
@@ -180,19 +119,19 @@ def test_particles_star_round_trip(run_wd):
     for col in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"):
         np.testing.assert_allclose(parts[col], src["particles"][col])
     # r2d's own reader: same particles, same images, same pixel size and CTF
-    a, b = io.open_stack(out / "particles.star"), io.open_stack(run_wd / "data" / "particles.star")
+    a, b = io.open_stack(out / "particles.star"), io.open_stack(tiny_run / "data" / "particles.star")
     assert a.pixel_size == APIX and len(a) == N
     np.testing.assert_array_equal(a.read(slice(None)), b.read(slice(None)))
     np.testing.assert_allclose(a.ctf_params()["defocus_u"], b.ctf_params()["defocus_u"])
-    r = load_result(run_wd / "run")
+    r = load_result(tiny_run / "run")
     assert r.iteration == "01" and r.n == N
 
 
-def test_class_average_exports(run_wd):
-    out = run_wd / "run" / "export"
-    hdf = io.read_image_stack(run_wd / "run" / "classes_01.hdf")
-    heads = io.read_image_headers(run_wd / "run" / "classes_01.hdf")
-    cmx = io.read_matrix(run_wd / "run" / "classmx_01.h5")
+def test_class_average_exports(tiny_run):
+    out = tiny_run / "run" / "export"
+    hdf = io.read_image_stack(tiny_run / "run" / "classes_01.hdf")
+    heads = io.read_image_headers(tiny_run / "run" / "classes_01.hdf")
+    cmx = io.read_matrix(tiny_run / "run" / "classmx_01.h5")
     members = np.bincount(cmx["class"], minlength=4)
     import mrcfile
 
@@ -219,16 +158,16 @@ def test_class_average_exports(run_wd):
     np.testing.assert_array_equal(io.read_image_stack(out / "class_averages.hdf"), mrcs)
 
 
-def test_relion_reads_the_exports(run_wd, tmp_path, relion):
+def test_relion_reads_the_exports(tiny_run, tmp_path, relion):
     """RELION applies the exported psi/origin exactly as r2d's transform (mirror aside), reads the
     class STAR, and selects by rlnClassNumber."""
-    out = run_wd / "run" / "export"
+    out = tiny_run / "run" / "export"
     r = subprocess.run(["relion_stack_create", "--i", "particles.star", "--o", str(tmp_path / "aligned"),
                         "--apply_transformation"], cwd=out, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     aligned = io.read_image_stack(tmp_path / "aligned.mrcs")
     parts = io.open_stack(out / "particles.star").read(slice(None))
-    res = load_result(run_wd / "run")
+    res = load_result(tiny_run / "run")
     ours = tf.transform(parts, res.alpha, res.tx, res.ty, 0)
     assert ncc(aligned, ours).min() > 0.99
     r = subprocess.run(["relion_image_handler", "--i", "class_averages.star", "--stats"], cwd=out,
@@ -262,15 +201,15 @@ def _cs_input(wd: Path, path: Path) -> Path:
     return path
 
 
-def test_cryosparc_and_mrcs_and_hdf_inputs(run_wd, tmp_path):
-    cs_in = _cs_input(run_wd, run_wd / "data" / "particles_in.cs")
-    out = run_wd / "run" / "export_cs"  # under the project folder the '>' paths are relative to
-    written = export_run(run_wd / "run", cs_in, out)
+def test_cryosparc_and_mrcs_and_hdf_inputs(tiny_run, tmp_path):
+    cs_in = _cs_input(tiny_run, tiny_run / "data" / "particles_in.cs")
+    out = tiny_run / "run" / "export_cs"  # under the project folder the '>' paths are relative to
+    written = export_run(tiny_run / "run", cs_in, out)
     assert set(written) >= {"particles_cs", "particles_star", "class_averages_mrcs"}
     cs = np.load(out / "particles.cs")
     src = np.load(cs_in)
     assert set(src.dtype.names) < set(cs.dtype.names)
-    res = load_result(run_wd / "run")
+    res = load_result(tiny_run / "run")
     np.testing.assert_array_equal(cs["uid"], src["uid"])
     np.testing.assert_array_equal(cs["alignments2D/class"], res.klass)
     psi, ox, oy = relion_pose(res.alpha, res.tx, res.ty)
@@ -287,10 +226,10 @@ def test_cryosparc_and_mrcs_and_hdf_inputs(run_wd, tmp_path):
     opt = starfile.read(out / "particles.star", always_dict=True)["optics"]
     assert len(opt) == 1 and opt["rlnVoltage"].iloc[0] == 300 and opt["rlnImagePixelSize"].iloc[0] == APIX
     # MRCS input: image names point at the stack; EMAN2 HDF input: a copy of the particles as MRCS
-    images = io.open_stack(run_wd / "data" / "particles.mrcs").read(slice(None))
+    images = io.open_stack(tiny_run / "data" / "particles.mrcs").read(slice(None))
     io.write_image_stack(tmp_path / "parts.hdf", images, pixel_size=APIX)
-    for src_path, name in ((run_wd / "data" / "particles.mrcs", "mrcs"), (tmp_path / "parts.hdf", "hdf")):
-        written = export_run(run_wd / "run", src_path, tmp_path / name)
+    for src_path, name in ((tiny_run / "data" / "particles.mrcs", "mrcs"), (tmp_path / "parts.hdf", "hdf")):
+        written = export_run(tiny_run / "run", src_path, tmp_path / name)
         assert ("particles_mrcs" in written) == (name == "hdf")
         st = io.open_stack(tmp_path / name / "particles.star")
         assert st.pixel_size == APIX
@@ -391,8 +330,8 @@ def test_real_cryosparc_table_keeps_every_field(tmp_path):
     assert len(meta) == len(src) - 1 and meta["alignments2D/psize_A"].iloc[0] == pytest.approx(1.345)
 
 
-def test_export_command(run_wd, tmp_path, capsys):
-    assert cli.main(["export", str(run_wd / "run"), "--input", str(run_wd / "data" / "particles.star"),
+def test_export_command(tiny_run, tmp_path, capsys):
+    assert cli.main(["export", str(tiny_run / "run"), "--input", str(tiny_run / "data" / "particles.star"),
                      "-o", str(tmp_path / "e"), "--paths", "absolute"]) == 0
     assert "particles_star" in capsys.readouterr().out
     names = starfile.read(tmp_path / "e" / "particles.star", always_dict=True)["particles"]["rlnImageName"]

@@ -12,27 +12,23 @@ import numpy as np
 import pytest
 
 from r2d import io, montage
-from test_export import N, smk, tiny_run
+
+from conftest import TINY_N as N
 
 
 @pytest.fixture(scope="module")
-def run_wd(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def report_html(run_wd):
-    r = smk(run_wd, "--report", "report.html")
+def report_html(tiny_run, smk):
+    r = smk(tiny_run, "--report", "report.html")
     assert r.returncode == 0, r.stderr[-3000:]
-    return run_wd / "report.html"
+    return tiny_run / "report.html"
 
 
 def is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_pictures_and_summary(run_wd):
-    rep = run_wd / "run" / "report"
+def test_report_pictures_and_summary(tiny_run):
+    rep = tiny_run / "run" / "report"
     for name in ("final_classes.png", "classes_init.png", "classes_01.png", "convergence.png", "class_sizes.png"):
         assert is_png(rep / name), name
     data = json.loads((rep / "summary.json").read_text())
@@ -40,7 +36,7 @@ def test_report_pictures_and_summary(run_wd):
     assert [e["iteration"] for e in its] == [0, 1]
     assert "changed" not in its[0] and its[1]["changed"] == 6  # the fixture moved every 10th particle
     assert its[1]["particles"] == N and its[1]["mean_score"] is not None
-    cmx = io.read_matrix(run_wd / "run" / "classmx_01.h5")
+    cmx = io.read_matrix(tiny_run / "run" / "classmx_01.h5")
     members = np.bincount(cmx["class"], minlength=4)
     assert [c["members"] for c in data["final_classes"]] == members.tolist()
     assert [c["class"] for c in data["final_classes"]] == [1, 2, 3, 4]
@@ -85,10 +81,9 @@ def test_snakemake_report_has_every_picture_and_the_config(report_html):
     assert "classaverager" in html and "ctf.weight.autofilt" in html  # the config table
 
 
-def test_run_prints_where_exports_and_report_are(run_wd):
-    from test_export import _RUNS
-
-    assert "exports in run/export/" in _RUNS["smk_output"] and "--report" in _RUNS["smk_output"]
+def test_run_prints_where_exports_and_report_are(tiny_run):
+    printed = (tiny_run / "snakemake.out").read_text()
+    assert "exports in run/export/" in printed and "--report" in printed
 
 
 # ----------------------------------------------------------------------------- headless Chromium

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from conftest import run_snakemake, snakemake_cmd as smk_cmd, snakemake_env
+
 pytestmark = pytest.mark.workflow
 
 CONFIG = {"ncls": 4, "iter": 2, "naliref": 2, "nbasisfp": 3, "classiter": 1, "seed": 7, "threads": 1,
@@ -112,13 +112,9 @@ def make_wrapper(folder: Path) -> Path:
     return folder
 
 
-def smk_cmd(wd: Path, *args) -> list[str]:
-    return [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--workflow-profile", "none",
-            "--directory", str(wd), "--cores", "2", *args]
-
-
 def smk_env(wrapper: Path, hold: Path | None = None) -> dict:
-    env = dict(os.environ, PATH=f"{wrapper}:{BIN}:{os.environ['PATH']}")
+    """The wrapper first on PATH; R2D_TEST_HOLD only when `hold` is given."""
+    env = snakemake_env(wrapper)
     env.pop("R2D_TEST_HOLD", None)
     if hold is not None:
         env["R2D_TEST_HOLD"] = str(hold)
@@ -126,7 +122,7 @@ def smk_env(wrapper: Path, hold: Path | None = None) -> dict:
 
 
 def smk(wd, wrapper, *args, hold=None):
-    return subprocess.run(smk_cmd(wd, *args), capture_output=True, text=True, env=smk_env(wrapper, hold))
+    return run_snakemake(wd, *args, env=smk_env(wrapper, hold))
 
 
 def fingerprint(path: Path) -> tuple:
@@ -143,11 +139,9 @@ def new_workdir(root: Path, data: Path, **config) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    subprocess.run([str(BIN / "r2d"), "simulate", "--phantom", "--n", "60", "--box", "32", "--apix", "10",
-                    "--snr", "1", "--shift", "1", "--seed", "2", "-o", str(d)], check=True, capture_output=True)
-    return d
+def data(tiny_stack):
+    """The simulated particles (60 x 32 px), linked into every work folder."""
+    return tiny_stack
 
 
 @pytest.fixture(scope="module")

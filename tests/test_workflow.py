@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +11,13 @@ import pytest
 import yaml
 
 from r2d import io
+from r2d.check import SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.workflow
 
 CONFIG = {"ncls": 4, "iter": 4, "naliref": 2, "nbasisfp": 3, "classiter": 1, "seed": 7, "threads": 1,
           "path": "run"}
-
-
-def smk(workdir, *args):
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--workflow-profile", "none",
-           "--directory", str(workdir), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
 def planned_jobs(result) -> dict:
@@ -44,11 +34,9 @@ def planned_outputs(result) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, tiny_stack, smk):
     wd = tmp_path_factory.mktemp("wf")
-    subprocess.run([str(BIN / "r2d"), "simulate", "--phantom", "--n", "60", "--box", "32", "--apix", "10",
-                    "--snr", "1", "--shift", "1", "--seed", "2", "-o", str(wd / "data")], check=True,
-                   capture_output=True)
+    (wd / "data").symlink_to(tiny_stack)
     (wd / "config").mkdir()
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump({"input": "data/particles.star", **CONFIG}))
     dry = smk(wd, "-n")
@@ -67,16 +55,14 @@ def test_dry_run_lists_whole_plan(finished_run):
         assert jobs[rule] == CONFIG["iter"], rule
 
 
-def test_resources_config_accepts_every_rule(finished_run):
+def test_resources_config_accepts_every_rule(finished_run, smk):
     """`resources` in the config accepts exactly the workflow's rules (the schema's list
     follows the rules: a new rule, like the class-averaging chunks, must be added to it)."""
-    import yaml
-
     wd, _ = finished_run
     r = smk(wd, "--list-rules")
     assert r.returncode == 0, r.stderr[-2000:]
     rules = {ln.strip() for ln in r.stdout.splitlines() if re.fullmatch(r"\s*\w+\s*", ln)} - {"all"}
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA.read_text())
     allowed = set(schema["properties"]["resources"]["propertyNames"]["enum"])
     assert "classes_chunk" in rules and rules == allowed, (sorted(rules - allowed), sorted(allowed - rules))
 
@@ -104,13 +90,13 @@ def test_every_artifact_written(finished_run):
     assert sum(h["ptcl_repr"] for h in heads) + sum(len(h["exc_class_ptcl_idxs"]) for h in heads) == 60
 
 
-def test_second_run_has_nothing_to_do(finished_run):
+def test_second_run_has_nothing_to_do(finished_run, smk):
     wd, _ = finished_run
     r = smk(wd, "-n")
     assert "Nothing to be done" in r.stdout + r.stderr
 
 
-def test_forcing_iteration_03_reruns_only_03_and_later(finished_run):
+def test_forcing_iteration_03_reruns_only_03_and_later(finished_run, smk):
     wd, _ = finished_run
     r = smk(wd, "-n", "--forcerun", "run/classmx_03.h5")
     outs = planned_outputs(r)
@@ -125,7 +111,7 @@ def test_forcing_iteration_03_reruns_only_03_and_later(finished_run):
                                          "input_03_proj.h5")}, made
 
 
-def test_raising_iter_runs_only_new_iterations(finished_run):
+def test_raising_iter_runs_only_new_iterations(finished_run, smk):
     wd, _ = finished_run
     r = smk(wd, "-n", "--config", "iter=6")
     jobs = planned_jobs(r)
@@ -147,7 +133,7 @@ def _class_commands(result) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("extra,iteration_prior", [((), True), (("classprior=False",), False),
                                                     (("classify=kmeans",), False)])
-def test_class_averaging_starts_from_the_mra_alignment_by_default(finished_run, extra, iteration_prior):
+def test_class_averaging_starts_from_the_mra_alignment_by_default(finished_run, extra, iteration_prior, smk):
     """classes_YY start from classmx's alignments (`--prior`) with classprior and classify mra;
     classes_init (k-means, no alignments) always bootstraps."""
     wd, _ = finished_run
@@ -158,7 +144,7 @@ def test_class_averaging_starts_from_the_mra_alignment_by_default(finished_run, 
     assert not any("--prior" in c for c in cmds["classes_init_chunk"])
 
 
-def test_same_seed_same_classes(finished_run, tmp_path):
+def test_same_seed_same_classes(finished_run, tmp_path, smk):
     """Rerunning an iteration in a copy gives byte-identical classmx (deterministic seeds)."""
     wd, _ = finished_run
     copy = tmp_path / "copy"
@@ -172,14 +158,81 @@ def test_same_seed_same_classes(finished_run, tmp_path):
     assert before == (wd / "run" / "classmx_02.h5").read_bytes()
 
 
-def test_lint_is_clean(finished_run):
+def test_lint_is_clean(finished_run, smk):
     wd, _ = finished_run
     r = smk(wd, "--lint")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_bad_config_key_is_clear_error(finished_run, tmp_path):
+def test_bad_config_key_is_clear_error(finished_run, tmp_path, smk):
     wd, _ = finished_run
     r = smk(wd, "-n", "--config", "simalign=rotate_flip")
     assert r.returncode != 0
     assert "unknown aligner 'rotate_flip'" in r.stderr
+
+
+# ----------------------------------------------------------------------------- config schema and defaults
+def test_schema_is_package_data():
+    """The schema ships inside the r2d package (pyproject package-data), so that an installed r2d
+    (`pip install .`, no checkout) checks configs; the workflow reads the same file."""
+    import tomllib
+
+    import r2d
+    from r2d.check import load_schema
+
+    pkg = Path(r2d.__file__).resolve().parent
+    assert SCHEMA.resolve().is_relative_to(pkg) and SCHEMA.is_file()
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["r2d"]
+    assert any(SCHEMA.resolve().relative_to(pkg).match(glob) for glob in data), data
+    schema = load_schema()
+    assert schema["properties"]["nbasisfp"]["default"] == 12 and "resources" in schema["properties"]
+    assert "schemas" not in {p.name for p in (REPO / "workflow").iterdir()}  # one copy only
+
+
+def test_small_ncls_lowers_the_default_nbasisfp(tmp_path, tiny_stack, smk):
+    """ncls below the default nbasisfp (12): the shipped config plans, with one warning, and the
+    MSA steps ask for ncls basis vectors."""
+    (tmp_path / "data").symlink_to(tiny_stack)
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    r = smk(tmp_path, "-n", "-p", "--config", "input=data/particles.star", "path=run", "ncls=8", "iter=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("r2d: warning: nbasisfp")]
+    assert warnings == ["r2d: warning: nbasisfp: the default 12 basis vectors exceed the class averages the MSA "
+                        "gets (ncls=8); using nbasisfp=8 (set nbasisfp to choose another value)"], r.stderr
+    msa = [ln for ln in (r.stdout + r.stderr).splitlines() if "r2d msa " in ln]
+    assert len(msa) == 3 and all("--nbasis 8 " in ln for ln in msa), msa
+
+
+def test_nbasisfp_default_follows_the_class_averages_a_set_value_is_checked(tmp_path):
+    from r2d.check import check_workflow_config
+    from r2d.errors import ConfigError
+
+    base = {"input": "x.mrcs", "path": str(tmp_path / "run")}
+    cfg = dict(base, ncls=8)
+    facts = check_workflow_config(cfg, open_input=False)
+    assert cfg["nbasisfp"] == 8 and [w.split(":")[0] for w in facts["warnings"]] == ["nbasisfp"]
+    cfg = dict(base, ncls=12)  # fits: unchanged, no warning
+    assert check_workflow_config(cfg, open_input=False)["warnings"] == [] and cfg["nbasisfp"] == 12
+    with pytest.raises(ConfigError, match=r"^nbasisfp: 12 basis vectors exceed ncls=8"):
+        check_workflow_config(dict(base, ncls=8, nbasisfp=12), open_input=False)
+    # iteration 01's MSA gets the initial k-means' min(50, ncls) averages
+    with pytest.raises(ConfigError, match=r"^nbasisfp: 60 basis vectors exceed the 50 class averages of the initial"):
+        check_workflow_config(dict(base, ncls=100, naliref=5, nbasisfp=60), open_input=False)
+    cfg = dict(base, ncls=100, nbasisfp=60, initial="init.hdf")  # given initial averages: their count decides
+    check_workflow_config(cfg, open_input=False)
+    assert cfg["nbasisfp"] == 60
+
+
+def test_nbasisfp_default_follows_the_initial_averages(tmp_path, tiny_stack):
+    from r2d.check import check_workflow_config
+
+    init = tmp_path / "init.hdf"
+    io.write_image_stack(init, io.open_stack(tiny_stack / "particles.mrcs").read(slice(0, 6)))
+    cfg = {"input": str(tiny_stack / "particles.star"), "path": str(tmp_path / "run"), "ncls": 16,
+           "initial": str(init)}
+    facts = check_workflow_config(cfg)
+    assert cfg["nbasisfp"] == 6
+    assert [w for w in facts["warnings"] if w.startswith("nbasisfp")] == [
+        "nbasisfp: the default 12 basis vectors exceed the class averages the MSA gets (the 6 images of "
+        "initial); using nbasisfp=6 (set nbasisfp to choose another value)"]
