@@ -4,7 +4,10 @@ The module-scoped fixture runs ``scripts/slurm-localhost.sh up`` (which installs
 Debian's slurmctld/slurmd/munge with apt-get when needed and starts the daemons
 with their state in a temporary directory) and ``... down`` at the end.  When
 the script exits with code 3 (not root and no passwordless sudo, no apt-get,
-install failed) the tests are skipped with the script's message.
+install failed, another configless slurmd holds /run/slurm/conf) the tests are
+skipped with the script's message.  While ``up`` runs, the fixture listens on
+SLURM's default controller port, as a SLURM cluster already running here would:
+the test cluster must take free ports and leave that one alone.
 
 Checks:
 * two ``sbatch --wrap`` jobs with different --cpus-per-task/--mem run, and
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -36,6 +40,8 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm-localhost.sh"
 SKIP_RC = 3
+#: SLURM's default SlurmctldPort and SlurmdPort
+DEFAULT_PORTS = (6817, 6818)
 
 
 def _snakemake_bin() -> Path:
@@ -98,9 +104,14 @@ def slurm_env(tmp_path_factory):
     if not sys.platform.startswith("linux"):
         pytest.skip("the local SLURM cluster script needs Linux")
     statedir = tmp_path_factory.mktemp("slurm-state")
-    p = subprocess.run(
-        ["bash", str(SCRIPT), "up", str(statedir)], capture_output=True, text=True, timeout=900
-    )
+    squatter = _listen(DEFAULT_PORTS[0])  # None: something listens there already
+    try:
+        p = subprocess.run(
+            ["bash", str(SCRIPT), "up", str(statedir)], capture_output=True, text=True, timeout=900
+        )
+    finally:
+        if squatter is not None:
+            squatter.close()
     if p.returncode == SKIP_RC:
         pytest.skip(f"local SLURM cluster unavailable: {p.stderr.strip().splitlines()[-1:]}")
     assert p.returncode == 0, f"slurm-localhost.sh up failed:\n{p.stdout}\n{p.stderr}"
@@ -117,6 +128,34 @@ def slurm_env(tmp_path_factory):
         print(d.stdout, d.stderr, sep="\n")
         assert d.returncode == 0, d.stderr
         assert not statedir.exists()
+
+
+def _listen(port: int) -> socket.socket | None:
+    """A TCP socket listening on ``port`` (all addresses), or None if the port is taken."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("0.0.0.0", port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _conf_ports(env) -> tuple[int, int]:
+    text = Path(env["SLURM_CONF"]).read_text()
+    return tuple(int(re.search(rf"^{key}=(\d+)$", text, re.M).group(1)) for key in ("SlurmctldPort", "SlurmdPort"))
+
+
+def test_cluster_takes_free_ports(slurm_env):
+    """SLURM's default ports were in use during `up`: the cluster runs on the next free pair."""
+    if os.environ.get("R2D_SLURM_CTLD_PORT") or os.environ.get("R2D_SLURM_SLURMD_PORT"):
+        pytest.skip("ports fixed by R2D_SLURM_CTLD_PORT / R2D_SLURM_SLURMD_PORT")
+    ctld, slurmd = _conf_ports(slurm_env)
+    assert ctld != DEFAULT_PORTS[0] and slurmd == ctld + 1, (ctld, slurmd)
+    cfg = _run(["scontrol", "show", "config"], slurm_env).stdout
+    assert re.search(rf"SlurmctldPort\s*=\s*{ctld}\b", cfg) and re.search(rf"SlurmdPort\s*=\s*{slurmd}\b", cfg)
+    assert "UP" in _run(["scontrol", "ping"], slurm_env).stdout
 
 
 def test_cluster_is_up(slurm_env):

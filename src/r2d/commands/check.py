@@ -28,7 +28,8 @@ def add_args(p):
     p.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
                    help="single config values (as snakemake --config)")
     p.add_argument("--directory", "-d", default=None, help="working directory of the run (as snakemake --directory)")
-    p.add_argument("--schema", default=None, help="config schema (default: the workflow's)")
+    p.add_argument("--schema", default=None, help="config schema (default: the one shipped with r2d, "
+                   "which the workflow uses)")
 
 
 def _read_yaml(path: Path) -> dict:
