@@ -32,9 +32,6 @@ COMMANDS = {
     "simmx": "simmx",
     "gather": "gather",
     "check": "check",
-    # engine on its own
-    "align": "align",
-    "cmp": "cmp",
     # outputs
     "montage": "montage",
     "export": "export",
