@@ -128,7 +128,7 @@ def _hits(a, truth, max_deg, max_px):
 @pytest.mark.parametrize("aligner", ["rotate_translate_flip:maxshift=8", "rotate_translate_tree:maxshift=8"])
 @pytest.mark.parametrize("ralign", [None, "refine"])
 def test_accuracy_on_ribosome_projections_snr1(ribosome_projections, aligner, ralign):
-    """Issue 10: SNR 1, 200 trials: within 2° / 0.5 px (refine: 1° / 0.25 px) with the right
+    """SNR 1, 200 trials: within 2° / 0.5 px (refine: 1° / 0.25 px) with the right
     mirror in ≥ 99% (the benchmark, benchmarks/align.py, runs 500)."""
     clean, _ = ribosome_projections
     parts, refs, truth = _trials(clean, 1.0, seed=10)
@@ -138,7 +138,7 @@ def test_accuracy_on_ribosome_projections_snr1(ribosome_projections, aligner, ra
 
 
 def test_accuracy_on_ribosome_projections_snr01(ribosome_projections):
-    """Issue 10: SNR 0.1 against the noise-free reference: ≥ 99% within 10° / 1.5 px, and with
+    """SNR 0.1 against the noise-free reference: ≥ 99% within 10° / 1.5 px, and with
     refine ≥ 95% within 2° / 0.5 px, mirror right."""
     clean, _ = ribosome_projections
     parts, refs, truth = _trials(clean, 0.1, seed=11)

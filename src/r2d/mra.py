@@ -9,12 +9,8 @@ of the previous iteration (``classes_init``/``classes_{YY-1}``, centred for the 
 matches best over all rotations, shifts up to ``mramaxshift`` and mirrors (the ``mra_YY``
 similarity matrix, otherwise the alignment and comparator options of ``simmx_YY``): classic
 multi-reference alignment, as in SPIDER/RELION hard assignment. Class averaging then starts
-from these transforms (``classprior``, ``r2d average --prior``) instead of a bootstrap: on the
-70S benchmark (2,000 particles, 64 px, 8 iterations, seeds 1-3) view error 13.3/13.1/13.6°
-against 14.0/12.9/14.0° with the bootstrap, median FRC-0.5 24.5/24.2/24.4 Å against
-24.9/24.3/24.9 Å (mean 34/85/54 Å against 46/69/62 Å: a few classes of 2-3 particles decide
-the mean), and a class chunk of 5,000 particles of 96 px takes 27 s instead of 41 s. (With
-the code of session 6 two seeds had given a worse mean FRC, 50 Å against 36-42 Å.)
+from these transforms (``classprior``, ``r2d average --prior``) instead of a bootstrap, which
+saves the bootstrap's work and keeps each member near the pose it was classified with.
 """
 
 from __future__ import annotations
