@@ -33,3 +33,22 @@ def test_frc_and_phase_identical_vs_shifted():
     assert np.all(compare(A, shifted, "frc") > compare(A, A, "frc"))
     assert np.allclose(compare(A, A, "phase"), 0, atol=1e-9)
     assert np.all(compare(A, shifted, "phase") > 0.5)
+
+
+def test_sqeuclidean_normto_undone_for_an_inverting_fit():
+    """EMAN2 keeps the original ``to`` when the fitted slope is not positive (no offset either)."""
+    assert np.allclose(compare(A, -A + 1, "sqeuclidean:normto=1"), compare(A, -A + 1, "sqeuclidean"))
+
+
+def test_undefined_values_as_eman2():
+    zero = np.zeros_like(A)
+    assert np.allclose(compare(A, zero, "ccc"), 2)
+    assert np.allclose(compare(A, zero, "ccc:negative=0"), -2)
+    assert np.allclose(compare(A, zero, "frc"), 2)  # no ring has power in both: no weight, NaN -> 2
+
+
+def test_optvariance_prefers_the_matching_image():
+    noisy = A + 0.3 * rng.normal(size=A.shape)
+    other = np.roll(A, 1, axis=0)
+    assert np.all(compare(noisy, A, "optvariance") < compare(noisy, other, "optvariance"))
+    assert np.all(compare(A, A, "optvariance:matchfilt=0") < 1e-8)
