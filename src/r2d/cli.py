@@ -32,6 +32,9 @@ COMMANDS = {
     "simmx": "simmx",
     "gather": "gather",
     "check": "check",
+    # engine on its own
+    "align": "align",
+    "cmp": "cmp",
     # outputs
     "montage": "montage",
     "export": "export",
