@@ -45,6 +45,7 @@ def test_undefined_values_as_eman2():
     assert np.allclose(compare(A, zero, "ccc"), 2)
     assert np.allclose(compare(A, zero, "ccc:negative=0"), -2)
     assert np.allclose(compare(A, zero, "frc"), 2)  # no ring has power in both: no weight, NaN -> 2
+    assert np.all(compare(A, zero, "optvariance") == np.finfo(np.float32).max)  # EMAN2: NaN
 
 
 def test_optvariance_prefers_the_matching_image():

@@ -306,7 +306,8 @@ def optvariance(this, to, *, keepzero=1, matchfilt=1, invert=0, matchamp=0, radw
     amplitudes of ``this``. Then ``y ≈ m·x + b`` is fitted by least squares (over pixels
     non-zero in both with ``keepzero``) and the value is the mean of ``((x - b)/m - y)²``
     (``invert=1``: ``(x - m·y - b)²``), weighted by ``hypot(i, j) + n/4`` (pixel indices from
-    the corner) with ``radweight``. Lower is better; the value scales with ``1/m²``.
+    the corner) with ``radweight``. Lower is better; the value scales with ``1/m²``. Where
+    EMAN2's value is not finite (an all-zero image) it is the largest float32.
     """
     f = np.asarray(this, dtype=np.float64)
     g = np.asarray(to, dtype=np.float64)
@@ -350,8 +351,10 @@ def optvariance(this, to, *, keepzero=1, matchfilt=1, invert=0, matchamp=0, radw
     if radweight:
         jj, ii = np.mgrid[0:n, 0:n]
         res = res * (np.hypot(ii, jj) + n / 4.0).reshape(1, -1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (w * res).sum(1) / (w.sum(1) if keepzero else xs.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        v = (w * res).sum(1) / (w.sum(1) if keepzero else xs.shape[1])
+    # an all-zero image leaves no pixels (EMAN2: 0/0) or an infinite slope: the worst value, never NaN
+    return np.where(np.isfinite(v), v, np.finfo(np.float32).max)
 
 
 _FUNCS = {
