@@ -2,9 +2,10 @@
 
 Line i is EMAN2's A_i.cmp(NAME, B_i, OPTIONS): image i of A is EMAN2's 'this', image i of
 B is 'to' (the order matters for frc:ampweight, phase:ampweight, optvariance,
-sqeuclidean:normto=1). Values follow EMAN2's sign convention, lower is more similar (correlations are
-printed negated: ccc of identical images is -1). Comparators: ccc, dot, sqeuclidean, phase,
-frc, optvariance, with EMAN2's options (--cmp "frc:nweight=1", "dot:normalize=1").
+sqeuclidean:normto=1). Values follow EMAN2's sign convention, lower is more similar
+(correlations are printed negated: ccc of identical images is -1). Comparators: ccc, dot,
+sqeuclidean, phase, frc, optvariance, with EMAN2's options (--cmp "frc:nweight=1",
+"dot:normalize=1").
 
 A and B are any stacks r2d reads (.mrcs/.mrc, EMAN2 .hdf, RELION .star, cryoSPARC .cs) with
 the same box size and the same number of images, or B with a single image (compared with
