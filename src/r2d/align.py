@@ -46,6 +46,7 @@ import numpy as np
 import scipy.fft as sfft
 import scipy.sparse as sp
 
+from r2d import stable
 from r2d import transforms as tf
 from r2d.cmp import compare
 from r2d.errors import ConfigError
@@ -269,7 +270,7 @@ def _out_len(L: int, K: int) -> int:
 
 @lru_cache(maxsize=32)
 def _synthesis(K: int, Lo: int, L: int) -> np.ndarray:
-    """``(Lo, 2K)`` float32 real matrix ``[A_r A_i]``: ``A_r·Re X + A_i·Im X`` is the
+    """``(Lo, 2K)`` float64 real matrix ``[A_r A_i]``: ``A_r·Re X + A_i·Im X`` is the
     band-limited correlation ``(1/L)·Σ_{|k|<K} X_k e^{2πikτ/Lo}`` of two length-``L`` polar
     signals (``X_{-k} = conj X_k``; the term ``k = L/2`` counted once) at the lags
     ``τ·L/Lo`` samples, ``τ = 0 … Lo-1``."""
@@ -277,13 +278,11 @@ def _synthesis(K: int, Lo: int, L: int) -> np.ndarray:
     tau = np.arange(Lo)[:, None]
     w = np.where((k == 0) | (2 * k == L), 1.0, 2.0) / L
     ph = 2 * np.pi * tau * k[None, :] / Lo
-    return np.hstack([w * np.cos(ph), -w * np.sin(ph)]).astype(np.float32)
+    return np.hstack([w * np.cos(ph), -w * np.sin(ph)])
 
 
 #: longest angular output synthesised by a matrix product; longer ones use the inverse FFT
 SYNTHESIS_MAX = 64
-#: columns of every synthesis product (the last block zero-padded), see :func:`_angular_ifft`
-SYNTHESIS_BLOCK = 4096
 
 
 def _ifft_scale(K: int, Lo: int, L: int) -> float:
@@ -293,65 +292,43 @@ def _ifft_scale(K: int, Lo: int, L: int) -> float:
 
 def _angular_ifft(X: np.ndarray, Lo: int, L: int, workers: int = 1, scaled: bool = True) -> np.ndarray:
     """Correlation functions ``(Lo, ...)`` float32 from band-limited cross-spectra ``X``
-    ``(K, ...)`` complex64 of length-``L`` polar signals: the band-limited correlation
+    ``(K, ...)`` (complex) of length-``L`` polar signals: the band-limited correlation
     ``(1/L)·Σ_{|k|<K} X_k e^{2πikτ/Lo}`` (``X_{-k} = conj X_k``) at ``Lo ≥ 2(K-1)`` equally spaced
     lags (``Lo = 1``: the zero lag only).
 
-    Up to ``Lo = SYNTHESIS_MAX`` as real matrix products (:func:`_synthesis`, BLAS; 5× faster
-    than many short inverse FFTs at 32 lags), longer ones by a length-``Lo`` inverse FFT along
-    the first axis: when the band reaches ``Lo/2 < L/2``, that term stands for ``±Lo/2`` (two
-    frequencies of the length-``L`` signal) where irfft takes it once as its Nyquist term, so it
-    is doubled first. ``scaled=False``: the FFT route leaves out the constant factor
-    :func:`_ifft_scale` (the caller scales only the peak values it keeps).
+    Up to ``Lo = SYNTHESIS_MAX`` as one real matrix product (:func:`_synthesis`, BLAS; 5×
+    faster than many short inverse FFTs at 32 lags), longer ones by a length-``Lo`` inverse
+    FFT along the first axis: when the band reaches ``Lo/2 < L/2``, that term stands for
+    ``±Lo/2`` (two frequencies of the length-``L`` signal) where irfft takes it once as its
+    Nyquist term, so it is doubled first. ``scaled=False``: the FFT route leaves out the
+    constant factor :func:`_ifft_scale` (the caller scales only the peak values it keeps).
 
-    Each column's values never depend on the other columns: a BLAS product rounds a column
-    differently depending on the product's shape and the column's place in it (edge tiles,
-    small-matrix kernels, thread splits), so every product has the same shape,
-    ``(Lo, 2K) @ (2K, SYNTHESIS_BLOCK)``, the last block zero-padded, and a whole number of
-    full tiles; the FFT runs line by line.
+    Both routes compute in float64 and round once (:mod:`r2d.stable`), so a column's values
+    do not depend on the other columns, their number or the threads.
     """
     K = X.shape[0]
     rest = X.shape[1:]
     if Lo <= SYNTHESIS_MAX:
         Xf = X.reshape(K, -1)
-        n = Xf.shape[1]
-        out = np.empty((Lo, n), dtype=np.float32)
-        S = _synthesis(K, Lo, L)
-        B = SYNTHESIS_BLOCK
-        blk = np.empty((2 * K, B), dtype=np.float32)
-        res = np.empty((Lo, B), dtype=np.float32)
-        for lo in range(0, n, B):
-            w = min(B, n - lo)
-            blk[:K, :w] = Xf.real[:, lo:lo + w]
-            blk[K:, :w] = Xf.imag[:, lo:lo + w]
-            blk[:, w:] = 0.0
-            np.matmul(S, blk, out=res)
-            out[:, lo:lo + w] = res[:, :w]
-        return out.reshape((Lo,) + rest)
+        C = stable.matmul(_synthesis(K, Lo, L), np.concatenate([Xf.real, Xf.imag]))
+        return C.astype(np.float32).reshape((Lo,) + rest)
     if 2 * (K - 1) > Lo:
         raise ValueError(f"{Lo} lags cannot hold a band of {K} frequencies")
+    X = stable.wide(X)
     if 2 * (K - 1) == Lo < L:
         X = X.copy()
         X[K - 1] *= 2
-    C = sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32, copy=False)
+    C = sfft.irfft(X, n=Lo, axis=0, workers=workers).astype(np.float32)
     return C * np.float32(Lo / L) if scaled else C
 
 
 def _ref_layout(ref_ft: np.ndarray, nm: int) -> np.ndarray:
-    """Conjugated reference FTs ``(nm·J, S, R, K)`` (mirror-major) → ``(K, R, J, nm, S)`` complex64
-    (contiguous: all versus all multiplies it as one ``(K, R, J·nm·S)`` matrix)."""
+    """Conjugated reference FTs ``(nm·J, S, R, K)`` (mirror-major) → ``(K, R, J, nm, S)``
+    complex128, the type :func:`r2d.stable.matmul` multiplies in (contiguous: all versus all
+    multiplies it as one ``(K, R, J·nm·S)`` matrix)."""
     JM, S, R, K = ref_ft.shape
     q = np.conj(ref_ft).reshape(nm, JM // nm, S, R, K)
-    return np.ascontiguousarray(q.transpose(4, 3, 1, 0, 2))
-
-
-def _matmul_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``A @ B`` for ``A`` ``(K, b, R)``, ``B`` ``(K, R, S)`` with each row's values independent
-    of ``b``: a single row goes through the matrix product (not a matrix-vector product,
-    which sums in another order), so a pair's result does not depend on its group's size."""
-    if A.shape[1] == 1:
-        return np.matmul(np.concatenate([A, A], axis=1), B)[:, :1]
-    return np.matmul(A, B)
+    return np.ascontiguousarray(q.transpose(4, 3, 1, 0, 2), dtype=np.complex128)
 
 
 def _correlate(P: np.ndarray, Q: np.ndarray, Lo: int, L: int, pairs, workers: int = 1) -> np.ndarray:
@@ -366,13 +343,13 @@ def _correlate(P: np.ndarray, Q: np.ndarray, Lo: int, L: int, pairs, workers: in
     K, b, R = P.shape
     _, _, J, nm, S = Q.shape
     if pairs is None:
-        X = np.matmul(P, Q.reshape(K, R, J * nm * S)).reshape(K, b, J, nm, S)
+        X = stable.matmul(P, Q.reshape(K, R, J * nm * S)).reshape(K, b, J, nm, S)
     else:
-        X = np.empty((K, b, 1, nm, S), dtype=np.complex64)
+        X = np.empty((K, b, 1, nm, S), dtype=np.complex128)
         pairs = np.asarray(pairs)
         for j in np.unique(pairs):  # loop over references (classes), not particles
             sel = np.flatnonzero(pairs == j)
-            X[:, sel] = _matmul_rows(P[:, sel], Q[:, :, j].reshape(K, R, nm * S)).reshape(K, len(sel), 1, nm, S)
+            X[:, sel] = stable.matmul(P[:, sel], Q[:, :, j].reshape(K, R, nm * S)).reshape(K, len(sel), 1, nm, S)
     return _angular_ifft(X, Lo, L, workers, scaled=False)
 
 
@@ -398,7 +375,7 @@ def _subpixel(v: np.ndarray, nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     ox = np.where((nb[..., 3] >= 0) & (nb[..., 5] >= 0), _parabolic(v[..., 3], v[..., 4], v[..., 5]), 0.0)
     oy = np.where((nb[..., 1] >= 0) & (nb[..., 7] >= 0), _parabolic(v[..., 1], v[..., 4], v[..., 7]), 0.0)
-    coef = v @ _Q2.T                                                           # (..., 6)
+    coef = sum(v[..., i, None] * _Q2[:, i] for i in range(9))                 # (..., 6), fixed order
     _, b, c, d, e, f = np.moveaxis(coef, -1, 0)
     det = 4 * d * f - e * e
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -534,21 +511,21 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
     order = np.lexsort((mi[:, 0], ri, Kp))
 
     def table(j: int, m: int, upcoming: np.ndarray) -> np.ndarray:
-        """``(K_j, R, S)`` conjugated polar FTs of reference ``j`` (mirror ``m``) on the local grid;
-        computed for the next few references of ``upcoming`` (about 16 MB) at once."""
+        """``(K_j, R, S)`` complex128 conjugated polar FTs of reference ``j`` (mirror ``m``) on the
+        local grid; computed for the next few references of ``upcoming`` (about 32 MB) at once."""
         key = ("table", n, j, m)
         if key not in cache:
-            per = max(1, int(16e6 // (S * R * Kr[j] * 8)))
+            per = max(1, int(32e6 // (S * R * Kr[j] * 16)))
             js = upcoming[np.searchsorted(upcoming, j):][:per]
             js = np.array([k for k in js if ("table", n, k, m) not in cache])
-            need = sum(S * R * Kr[k] * 8 for k in js)
+            need = sum(S * R * Kr[k] * 16 for k in js)
             if cache.get("bytes", 0) + need > CACHE_BYTES:  # keep the bands, drop the tables
                 for k in [k for k in cache if isinstance(k, tuple) and k[0] == "table"]:
                     del cache[k]
                 cache["bytes"] = 0
             ft = np.conj(polar_ft(refs[js], L, grid, bool(m), workers, band=int(Kr[js].max())))  # (j, S, R, K)
             for k, t in zip(js.tolist(), ft):
-                cache[("table", n, k, m)] = np.ascontiguousarray(t.transpose(2, 1, 0)[:Kr[k]])
+                cache[("table", n, k, m)] = np.ascontiguousarray(t.transpose(2, 1, 0)[:Kr[k]], dtype=np.complex128)
             cache["bytes"] = cache.get("bytes", 0) + need
         return cache[key]
 
@@ -564,9 +541,9 @@ def _local_level(particles, refs, pi, ri, mi, a0, x0, y0, rotate, mirrors, worke
             gk = ri[s_] * 2 + mi[s_, 0]
             cut = np.r_[0, np.flatnonzero(gk[1:] != gk[:-1]) + 1, len(s_)]
             for c in range(M):
-                X = np.empty((K, len(s_), S), dtype=np.complex64)
+                X = np.empty((K, len(s_), S), dtype=np.complex128)
                 for a, b in zip(cut[:-1], cut[1:]):
-                    X[:, a:b] = _matmul_rows(P[:, a:b], table(int(ri[s_[a]]), int(mi[s_[a], c]), upcoming))
+                    X[:, a:b] = stable.matmul(P[:, a:b], table(int(ri[s_[a]]), int(mi[s_[a], c]), upcoming))
                 C = _angular_ifft(X, Lo, L, workers, scaled=False)
                 alpha, sx, sy, _, cbest = _peaks(C.reshape(Lo, len(s_), 1, 1, S), grid, nbr, rotate)
                 cbest = cbest * _ifft_scale(K, Lo, L)
@@ -998,7 +975,7 @@ def refine(particles, refs, params, *, pairs=None, cmp: Option | None = None, ma
             ux, uy = c * x - sn * y, sn * x + c * y
             X = sfft.fft2(g, workers=workers) * Fp
             X *= np.exp(2j * np.pi * (fy * uy[:, None, None] + fx * ux[:, None, None]))
-            cc = np.einsum("ty,byx,sx->bts", E, X, E, optimize=True).real   # (b, Ty, Tx)
+            cc = stable.matmul(stable.matmul(E, X), E.T).real                  # (b, Ty, Tx)
             iy, ix = np.divmod(cc.reshape(len(a), -1).argmax(axis=1), len(offs))
             ux, uy = ux + offs[ix], uy + offs[iy]
             x, y = c * ux + sn * uy, -sn * ux + c * uy

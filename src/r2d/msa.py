@@ -2,7 +2,7 @@
 onto it (``e2basis.py project/projectrot``, §3.5).
 
 Vectors are flattened images, one per row. Both steps are plain BLAS/LAPACK work (one SVD,
-one matmul); no loop over vectors.
+a matmul over blocks of rows); no loop over vectors.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
+from r2d import stable
 from r2d.errors import ConfigError
 
 __all__ = ["Basis", "pca_basis", "project", "unit_rows"]
@@ -19,6 +20,8 @@ __all__ = ["Basis", "pca_basis", "project", "unit_rows"]
 # Exact (LAPACK) SVD while its cost N*D*min(N, D) stays below this (about a second);
 # beyond it the randomized solver, seeded, is used.
 FULL_SVD_MAX_COST = 2e9
+#: rows per float64 block of :func:`project`
+_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -106,24 +109,23 @@ def project(vectors: np.ndarray, basis: Basis, *, normproj: bool) -> np.ndarray:
 
     ``x̂ = x/||x||`` (no mean subtraction; zero rows stay zero), ``y = x̂ - mean``,
     ``p = (1/D) y · componentsᵀ``; with ``normproj`` each ``p`` is scaled to unit length (zero
-    rows stay zero). Returns (N, B) float32. One matmul, computed as
-    ``(x·Cᵀ)/||x|| - mean·Cᵀ`` so the input is never copied.
+    rows stay zero). Returns (N, B) float32. Computed as ``(x·Cᵀ)/||x|| - mean·Cᵀ``, the
+    product in float64 (:mod:`r2d.stable`: a row's projection does not depend on the other
+    rows) over blocks of ``_BLOCK`` rows, so the input is never copied whole.
     """
     x = np.asarray(vectors)
     if x.ndim != 2 or x.shape[1] != basis.mean.shape[0]:
         raise ValueError(f"project: vectors of shape {x.shape} do not match a basis of length "
                          f"{basis.mean.shape[0]}")
     D = x.shape[1]
-    dt = np.result_type(x.dtype, np.float32)
-    if not np.issubdtype(dt, np.floating):
-        dt = np.float64
-    x = x.astype(dt, copy=False)
-    c = basis.components.astype(dt)
+    c = stable.wide(basis.components).T
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     norms[norms == 0] = 1.0
-    p = (x @ c.T).astype(np.float64)
+    p = np.empty((x.shape[0], c.shape[1]))
+    for lo in range(0, x.shape[0], _BLOCK):
+        p[lo:lo + _BLOCK] = stable.matmul(x[lo:lo + _BLOCK], c)
     p /= norms[:, None]
-    p -= basis.mean.astype(np.float64) @ basis.components.astype(np.float64).T
+    p -= stable.wide(basis.mean) @ c
     p /= D
     if normproj:
         pn = np.linalg.norm(p, axis=1)
