@@ -186,7 +186,7 @@ def test_angular_correlation_matches_its_definition(K, Lo, L):
 def test_angular_correlation_of_a_column_does_not_depend_on_the_others(K, Lo, L):
     """Bit-identical correlation functions for a column whatever else is in the call (the
     columns of other particles, references and shifts; as many as a chunk happens to hold),
-    also through the BLAS synthesis products (fixed-shape blocks)."""
+    also through the BLAS synthesis products (float64, :mod:`r2d.stable`)."""
     from r2d.align import _angular_ifft
 
     rng = np.random.default_rng(K)

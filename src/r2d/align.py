@@ -28,8 +28,8 @@ by a circular gather, the rest, in quarter pixels, as an offset of the polar sam
 :func:`_local_level`).
 
 Every value computed for a pair depends only on its particle and reference, never on the
-other pairs in the call (sums run along axes that do not mix images), so chunked runs are
-bit-identical to unchunked ones.
+other pairs in the call (sums run along axes that do not mix images; matrix products go
+through :mod:`r2d.stable`), so chunked runs are bit-identical to unchunked ones.
 
 Rotating the particle by ``alpha`` moves polar sample ``θ+alpha`` to ``θ``, so a correlation peak at
 angular lag ``τ`` gives ``alpha = τ·360/L``; the shifted reference ``ref(p + s)`` matched by
