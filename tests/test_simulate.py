@@ -322,5 +322,5 @@ def test_cli_simulate_errors(tmp_path, capsys):
         m.set_data(np.zeros((16, 16, 16), np.float32))
     nopix = ["--map", str(tmp_path / "nopix.mrc"), "--box", "16", "-o", str(tmp_path / "d")]
     assert cli(["simulate", "--n", "2"] + nopix) == 2
-    assert "--apix" in capsys.readouterr().err
+    assert "no voxel size; give the pixel size" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()

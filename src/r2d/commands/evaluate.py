@@ -140,9 +140,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _average_scores(rundir: Path, iteration: int, truth: pd.DataFrame, args) -> dict:
     """Mean/median FRC-0.5 resolution of the iteration's class averages (see module docstring)."""
-    from r2d.commands.simulate import read_map
     from r2d.evaluate import average_resolution
-    from r2d.io import read_image_headers, read_image_stack
+    from r2d.io import read_image_headers, read_image_stack, read_map
     from r2d.simulate import render
 
     stack = rundir / ("classes_init.hdf" if iteration == 0 else f"classes_{iteration:02d}.hdf")

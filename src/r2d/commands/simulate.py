@@ -29,13 +29,12 @@ import logging
 import time
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pandas as pd
 import starfile
 
-from r2d.errors import ConfigError, InputError
-from r2d.io import atomic_write, new_mrcs
+from r2d.errors import ConfigError
+from r2d.io import atomic_write, new_mrcs, read_map
 from r2d.phantom import phantom_volume
 from r2d.simulate import add_noise, draw_truth, render
 
@@ -69,35 +68,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="fraction of junk images (pure noise or random blobs; default 0)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--write-clean", action="store_true", help="also write clean.mrcs (no noise)")
-
-
-def read_map(path: str, apix: float | None) -> tuple[np.ndarray, float]:
-    """Read a cubic MRC map read-only; return ``(volume float32 (m, m, m), pixel size in Å)``."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: map not found (working directory {Path.cwd()}); check the path")
-    try:
-        with mrcfile.open(p, mode="r", permissive=True) as mrc:
-            if mrc.data is None:
-                raise InputError(f"{p}: not a readable MRC map (bad header); check the file")
-            vol = np.asarray(mrc.data, dtype=np.float32).copy()
-            header_apix = float(mrc.voxel_size.x)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{p}: cannot read as MRC ({exc})") from None
-    if vol.ndim != 3 or len(set(vol.shape)) != 1:
-        raise InputError(f"{p}: map must be a cubic 3-D volume, got shape {vol.shape}; "
-                         "pad or resample it to a cube")
-    if not np.isfinite(vol).all():
-        raise InputError(f"{p}: map contains NaN or infinite values")
-    if header_apix > 0:
-        if apix is not None and abs(apix - header_apix) > 1e-3 * header_apix:
-            raise ConfigError(f"--apix {apix} differs from the voxel size {header_apix:g} Å in the "
-                              f"header of {p}; r2d does not resample: omit --apix or resample the map")
-        return vol, header_apix
-    if apix is None:
-        raise ConfigError(f"{p}: the header has no voxel size; give the pixel size with --apix")
-    log.warning("%s: header has no voxel size; using --apix %g Å", p, apix)
-    return vol, float(apix)
 
 
 def _check(args: argparse.Namespace) -> None:
