@@ -317,6 +317,10 @@ def test_cli_simulate_errors(tmp_path, capsys):
     assert "differs from the voxel size" in capsys.readouterr().err
     assert cli(["simulate", "--phantom", "--box", "31", "--n", "4", "-o", str(tmp_path / "b")]) == 2
     assert cli(base + ["--map", str(tmp_path / "missing.mrc"), "--apix", "5", "-o", str(tmp_path / "c")]) == 2
+    assert cli(base + ["--map", str(ph), "--junk", "0.2", "--junk-kinds", "noise,ice", "-o", str(tmp_path / "j")]) == 2
+    assert "--junk-kinds noise,ice" in capsys.readouterr().err
+    assert cli(base + ["--map", str(ph), "--snr-disc", "0.7", "-o", str(tmp_path / "d")]) == 2
+    assert "--snr-disc 0.7" in capsys.readouterr().err
     # a map without voxel size needs --apix
     with mrcfile.new(tmp_path / "nopix.mrc") as m:
         m.set_data(np.zeros((16, 16, 16), np.float32))
@@ -324,3 +328,57 @@ def test_cli_simulate_errors(tmp_path, capsys):
     assert cli(["simulate", "--n", "2"] + nopix) == 2
     assert "no voxel size; give the pixel size" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+
+
+# ----------------------------------------------------------------------------- realistic sets
+def test_snr_in_the_particle_disc(small_phantom):
+    """``snr_radius``: the noise variance is the clean images' variance inside the disc over the
+    SNR, which for a particle that leaves the box corners empty is more than the box's."""
+    kw = dict(snr=0.1, ctf="flip", defocus=(12000, 20000), seed=3, return_clean=True)
+    box_imgs, truth, clean = sim.simulate(small_phantom, 100, 32, 10.0, **kw)
+    disc_imgs, _, _ = sim.simulate(small_phantom, 100, 32, 10.0, snr_radius=0.4 * 32, **kw)
+    yy, xx = np.mgrid[:32, :32] - 16
+    inside = xx**2 + yy**2 <= (0.4 * 32) ** 2
+    signal = clean[:, inside].var(axis=1).mean()
+    noise = disc_imgs - clean
+    assert noise.var() == pytest.approx(signal / 0.1, rel=0.02)
+    assert signal > clean.reshape(100, -1).var(axis=1).mean()
+    assert (box_imgs - clean).var() < noise.var()
+
+
+def test_bfactor_envelope(small_phantom):
+    """``bfactor`` damps an image's spectrum by exp(-B s²/4): a B = 400 Å² set keeps its low
+    frequencies and loses most of its power near Nyquist (10 Å/px: s = 0.05/Å)."""
+    t = sim.draw_truth(20, 7, shift_max=0)
+    a = sim.render(small_phantom, t, 32, 10.0)
+    b = sim.render(small_phantom, t, 32, 10.0, bfactor=400.0)
+    pa, pb = (np.abs(np.fft.fft2(x)) ** 2 for x in (a, b))
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(32), np.fft.fftfreq(32))) / 10.0
+    low, high = (f > 0) & (f < 0.01), f > 0.04
+    ratio_low = pb[:, low].sum() / pa[:, low].sum()
+    ratio_high = pb[:, high].sum() / pa[:, high].sum()
+    assert ratio_low > 0.9
+    assert ratio_high < np.exp(-400 * 0.04**2 / 2)   # (envelope)² at s = 0.04/Å
+
+
+def test_junk_kinds_look_like_their_names(small_phantom):
+    """Every junk kind is drawn and rendered as named: an empty pick is zero; an aggregate holds
+    about twice a particle's mass, a fragment less than one, an edge steps across the box;
+    each image is the same whatever the batch."""
+    t = sim.draw_truth(200, 11, junk_fraction=0.5, junk_kinds=sim.JUNK_KINDS)
+    kinds = t["junk_kind"].to_numpy()
+    assert set(kinds) == set(sim.JUNK_KINDS) | {"particle"}
+    assert (kinds == "particle").sum() == 100 and (t["junk"] == (kinds != "particle")).all()
+    imgs = sim.render(small_phantom, t, 32, 10.0, seed=2)
+    np.testing.assert_array_equal(sim.render(small_phantom, t, 32, 10.0, seed=2, batch=7), imgs)
+    mass = imgs.reshape(200, -1).sum(axis=1)
+    particle = np.median(mass[kinds == "particle"])
+    assert np.all(imgs[kinds == "noise"] == 0)
+    assert np.median(mass[kinds == "aggregate"]) > 1.5 * particle
+    assert np.median(mass[kinds == "fragment"]) < 0.8 * particle
+    edges = imgs[kinds == "edge"]
+    # one half of the box bright, the other dark: the largest half-box difference over four cuts
+    halves = [np.abs(e[:16].mean() - e[16:].mean()) for e in edges] + [np.abs(e[:, :16].mean() - e[:, 16:].mean()) for e in edges]
+    assert np.median(halves) > np.median(np.abs(imgs[kinds == "particle"]).mean(axis=(1, 2)))
+    with pytest.raises(ValueError, match="ice"):
+        sim.draw_truth(10, 1, junk_fraction=0.5, junk_kinds=("ice",))

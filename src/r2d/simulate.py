@@ -45,14 +45,25 @@ __all__ = [
     "truth_rotations",
     "render",
     "simulate",
+    "signal_variance",
+    "add_noise",
+    "junk_kinds",
+    "particle_radius",
     "TRUTH_COLUMNS",
+    "JUNK_KINDS",
 ]
 
 #: columns of the truth table, in order
 TRUTH_COLUMNS = [
     "index", "rot", "tilt", "psi", "view_x", "view_y", "view_z", "shift_x", "shift_y",
-    "defocus_u", "defocus_v", "defocus_angle", "junk",
+    "defocus_u", "defocus_v", "defocus_angle", "junk", "junk_kind",
 ]
+
+#: what a junk image can be (``junk_kind``; particles have ``"particle"``):
+#: ``noise`` an empty pick (noise only), ``blobs`` 2-6 random Gaussian blobs, ``aggregate`` two
+#: particles of random views overlapping, ``edge`` a carbon or ice edge across the box (a soft
+#: step), ``fragment`` part of a particle (a random view cut by a soft straight line)
+JUNK_KINDS = ("noise", "blobs", "aggregate", "edge", "fragment")
 
 
 # --------------------------------------------------------------------------- rotations
@@ -215,6 +226,7 @@ def draw_truth(
     defocus=(1e4, 3e4),
     astigmatism: float = 500.0,
     junk_fraction: float = 0.0,
+    junk_kinds=("noise", "blobs"),
 ) -> pd.DataFrame:
     """Random per-particle truth (see ``TRUTH_COLUMNS``; angles in degrees, shifts in px,
     defocus in A).
@@ -222,8 +234,12 @@ def draw_truth(
     Views uniform on SO(3); shifts uniform in ``[-shift_max, shift_max]``; mean defocus uniform
     in ``defocus`` (min, max), ``defocus_u - defocus_v`` uniform in ``[0, astigmatism]``,
     ``defocus_angle`` uniform in [0, 180). Without CTF the defocus columns are 0. A random
-    ``round(junk_fraction * n)`` particles are junk: their angles and view columns are NaN.
+    ``round(junk_fraction * n)`` particles are junk: their angles and view columns are NaN and
+    ``junk_kind`` is drawn uniformly from ``junk_kinds`` (:data:`JUNK_KINDS`).
     """
+    bad = sorted(set(junk_kinds) - set(JUNK_KINDS))
+    if bad or not len(junk_kinds):
+        raise ValueError(f"junk kinds {bad or '(none)'}: choose from {', '.join(JUNK_KINDS)}")
     rng = np.random.default_rng(rng)
     _, ang = random_rotations(n, rng)
     view = view_directions(euler_to_matrix(*ang.T))
@@ -242,11 +258,13 @@ def draw_truth(
         junk[rng.choice(n, size=n_junk, replace=False)] = True
     ang[junk] = np.nan
     view[junk] = np.nan
+    kind = np.full(n, "particle", dtype=object)
+    kind[junk] = np.asarray(junk_kinds, dtype=object)[rng.integers(0, len(junk_kinds), n_junk)]
     return pd.DataFrame({
         "index": np.arange(n), "rot": ang[:, 0], "tilt": ang[:, 1], "psi": ang[:, 2],
         "view_x": view[:, 0], "view_y": view[:, 1], "view_z": view[:, 2],
         "shift_x": shifts[:, 0], "shift_y": shifts[:, 1],
-        "defocus_u": du, "defocus_v": dv, "defocus_angle": dang, "junk": junk,
+        "defocus_u": du, "defocus_v": dv, "defocus_angle": dang, "junk": junk, "junk_kind": kind,
     })[TRUTH_COLUMNS]
 
 
@@ -255,24 +273,71 @@ def truth_rotations(truth: pd.DataFrame) -> np.ndarray:
     return euler_to_matrix(truth["rot"].to_numpy(), truth["tilt"].to_numpy(), truth["psi"].to_numpy())
 
 
-def _junk_images(n: int, size: int, box: int, scale: float, rng) -> np.ndarray:
-    """``(n, size, size)`` junk: half pure noise (zero signal), half 2-6 random 2-D Gaussian
-    blobs within ``box / 4`` of the centre, scaled to standard deviation ``scale`` over the box."""
-    out = np.zeros((n, size, size))
-    c = size // 2
-    yy, xx = np.mgrid[:size, :size] - c
-    crop = slice(c - box // 2, c - box // 2 + box)
-    for i in range(n):
-        if rng.random() < 0.5:
-            continue
-        img = out[i]
-        for _ in range(rng.integers(2, 7)):
-            x0, y0 = rng.uniform(-box / 4, box / 4, 2)
-            sx, sy = rng.uniform(1.5, max(2.0, box / 10), 2)
-            arg = (xx - x0) ** 2 / (2 * sx * sx) + (yy - y0) ** 2 / (2 * sy * sy)
-            img += rng.uniform(0.3, 1.0) * np.exp(-arg)
-        img *= scale / max(img[crop, crop].std(), 1e-12)
-    return out
+def junk_kinds(truth: pd.DataFrame) -> np.ndarray:
+    """Each row's ``junk_kind`` (tables without the column: ``"blobs"`` for every junk row,
+    ``"particle"`` for the others)."""
+    junk = truth["junk"].to_numpy(dtype=bool)
+    if "junk_kind" in truth:
+        return truth["junk_kind"].fillna("particle").to_numpy(dtype=object)
+    return np.where(junk, "blobs", "particle").astype(object)
+
+
+def particle_radius(volume, threshold: float = 0.1) -> float:
+    """Radius in voxels of the densest part of a map: the largest distance from the centre of a
+    voxel above ``threshold`` times the maximum (at least 2)."""
+    vol = np.asarray(volume)
+    m = vol.shape[0]
+    z, y, x = np.nonzero(vol > threshold * vol.max())
+    if len(z) == 0:
+        return max(2.0, m / 4)
+    return float(max(2.0, np.sqrt((x - m // 2) ** 2 + (y - m // 2) ** 2 + (z - m // 2) ** 2).max()))
+
+
+class _Junk:
+    """Makes junk images on the projector's padded ``M x M`` grid (real space, centre at
+    ``M // 2``), each from its own generator ``default_rng([seed, 1, row])`` so an image does
+    not depend on the batch it is drawn in. ``scale`` is the standard deviation over the box of
+    a particle's projection (blobs and edges are scaled to it); ``radius`` the particle's (px)."""
+
+    def __init__(self, proj: "Projector", box: int, scale: float, radius: float, seed: int):
+        self.proj, self.box, self.scale, self.radius, self.seed = proj, box, scale, radius, seed
+        M = proj.size
+        self.yy, self.xx = np.mgrid[:M, :M] - M // 2
+        self.crop = slice(M // 2 - box // 2, M // 2 - box // 2 + box)
+
+    def _views(self, rng, k: int) -> np.ndarray:
+        """``k`` projections ``(k, M, M)`` of random views, centred at ``M // 2``."""
+        rots, _ = random_rotations(k, rng)
+        return np.fft.fftshift(np.fft.irfft2(self.proj.slices(rots), s=(self.proj.size,) * 2), axes=(-2, -1))
+
+    def image(self, kind: str, row: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 1, int(row)])
+        xx, yy, box, r = self.xx, self.yy, self.box, self.radius
+        if kind == "noise":
+            return np.zeros(xx.shape)
+        if kind == "blobs":
+            img = np.zeros(xx.shape)
+            for _ in range(rng.integers(2, 7)):
+                x0, y0 = rng.uniform(-box / 4, box / 4, 2)
+                sx, sy = rng.uniform(1.5, max(2.0, box / 10), 2)
+                img += rng.uniform(0.3, 1.0) * np.exp(-(xx - x0) ** 2 / (2 * sx * sx) - (yy - y0) ** 2 / (2 * sy * sy))
+            return img * (self.scale / max(img[self.crop, self.crop].std(), 1e-12))
+        if kind == "aggregate":  # a second particle 0.8-1.5 radii away (overlapping), both off-centre
+            a, b = self._views(rng, 2)
+            d, phi = rng.uniform(0.8, 1.5) * r, rng.uniform(0, 2 * np.pi)
+            dx, dy = d * np.cos(phi), d * np.sin(phi)
+            return ndimage.shift(a, (-dy / 2, -dx / 2), order=1) + ndimage.shift(b, (dy / 2, dx / 2), order=1)
+        if kind == "fragment":  # the part of a particle on one side of a line through its disc
+            img = self._views(rng, 1)[0]
+            phi, off = rng.uniform(0, 2 * np.pi), rng.uniform(-0.5, 0.3) * r
+            t = xx * np.cos(phi) + yy * np.sin(phi) - off
+            return img / (1 + np.exp(t / 1.5))
+        if kind == "edge":  # a soft step (carbon or thick ice) across the box, 1-3x a particle's contrast
+            phi, off = rng.uniform(0, 2 * np.pi), rng.uniform(-box / 4, box / 4)
+            width = rng.uniform(1.0, 3.0)
+            t = xx * np.cos(phi) + yy * np.sin(phi) - off
+            return rng.uniform(1.0, 3.0) * 2 * self.scale / (1 + np.exp(-t / width))
+        raise ValueError(f"junk kind {kind!r}: choose from {', '.join(JUNK_KINDS)}")
 
 
 def render(
@@ -285,6 +350,7 @@ def render(
     voltage: float = 300.0,
     cs: float = 2.7,
     amp_contrast: float = 0.1,
+    bfactor: float = 0.0,
     seed: int = 0,
     batch: int = 256,
     out: np.ndarray | None = None,
@@ -293,9 +359,10 @@ def render(
     into ``out`` when given (e.g. a memory-mapped MRC stack: then only one batch is in memory).
 
     Particle rows: projection, shift, then CTF (``ctf``: None, ``"flip"`` = multiply by |CTF|,
-    ``"full"`` = multiply by CTF), all on the padded grid before cropping. Junk rows get
-    ``_junk_images`` (drawn from ``seed``) through the same shift and CTF. Same truth and seed,
-    same images.
+    ``"full"`` = multiply by CTF) and the envelope ``exp(-bfactor·s²/4)`` (s in 1/Å), all on
+    the padded grid before cropping. Junk rows get their ``junk_kind`` (:data:`JUNK_KINDS`,
+    drawn from ``seed`` row by row) through the same shift, CTF and envelope. Same truth and
+    seed, same images, whatever the batch.
     """
     if ctf not in (None, "flip", "full"):
         raise ValueError(f"ctf must be None, 'flip' or 'full', not {ctf!r}")
@@ -309,9 +376,11 @@ def render(
     fy = np.fft.fftfreq(big)[:, None]
     fx = np.fft.rfftfreq(big)[None, :]
 
-    if junk.any():  # junk drawn row by row in order: independent of the batch size
-        junk_rng = np.random.default_rng([seed, 1])
-        scale = float(proj.project(np.eye(3)[None], box)[0].std())
+    kinds = junk_kinds(truth)
+    if junk.any():
+        maker = _Junk(proj, box, float(proj.project(np.eye(3)[None], box)[0].std()),
+                      particle_radius(volume), seed)
+    envelope = np.exp(-bfactor * (fx**2 + fy**2) / (4 * pixel_size**2)) if bfactor else None
 
     if out is None:
         out = np.empty((n, box, box), dtype=np.float32)
@@ -322,8 +391,8 @@ def render(
         if (~jb).any():
             ft[~jb] = proj.slices(rots[rows[~jb]])
         if jb.any():
-            blobs = _junk_images(int(jb.sum()), big, box, scale, junk_rng)
-            ft[jb] = np.fft.rfft2(np.fft.ifftshift(blobs, axes=(-2, -1)))
+            imgs = np.stack([maker.image(kinds[r], r) for r in rows[jb]])
+            ft[jb] = np.fft.rfft2(np.fft.ifftshift(imgs, axes=(-2, -1)))
         sx, sy = shifts[rows, 0], shifts[rows, 1]
         ft *= np.exp(-2j * np.pi * fx[None] * sx[:, None, None])  # separable phase ramp
         ft *= np.exp(-2j * np.pi * fy[None] * sy[:, None, None])
@@ -333,6 +402,8 @@ def render(
                        t["defocus_angle"].to_numpy(), voltage=voltage, cs=cs,
                        amp_contrast=amp_contrast, rfft=True)
             ft *= np.abs(c) if ctf == "flip" else c
+        if envelope is not None:
+            ft *= envelope[None]
         out[rows] = proj.to_images(ft, box)
     return out
 
@@ -344,6 +415,7 @@ def simulate(
     pixel_size: float,
     *,
     snr: float,
+    snr_radius: float | None = None,
     shift_max: float = 0.0,
     ctf: str | None = None,
     defocus=(1e4, 3e4),
@@ -351,47 +423,62 @@ def simulate(
     voltage: float = 300.0,
     cs: float = 2.7,
     amp_contrast: float = 0.1,
+    bfactor: float = 0.0,
     seed: int = 0,
     junk_fraction: float = 0.0,
+    junk_kinds=("noise", "blobs"),
     return_clean: bool = False,
 ):
     """Simulate ``n`` noisy particle images of ``volume`` (cubic, ``pixel_size`` A/voxel).
 
     Returns ``(images (n, box, box) float32, truth DataFrame)`` (plus the noise-free images when
-    ``return_clean``). White Gaussian noise has variance ``mean_i var(clean_i) / snr``, the
-    variance of each noise-free image over the whole box averaged over the non-junk particles.
+    ``return_clean``). White Gaussian noise has variance ``signal_variance / snr`` (see
+    :func:`signal_variance`: over the whole box, or inside the disc of ``snr_radius`` px).
     The truth comes from ``draw_truth(n, default_rng([seed, 0]), ...)``, junk content from
     ``render(..., seed=seed)``, noise from ``default_rng([seed, 2])``.
     """
     if snr <= 0:
         raise ValueError("snr must be > 0")
     truth = draw_truth(n, np.random.default_rng([seed, 0]), shift_max=shift_max, ctf=ctf,
-                       defocus=defocus, astigmatism=astigmatism, junk_fraction=junk_fraction)
+                       defocus=defocus, astigmatism=astigmatism, junk_fraction=junk_fraction,
+                       junk_kinds=junk_kinds)
     clean = render(volume, truth, box, pixel_size, ctf=ctf, voltage=voltage, cs=cs,
-                   amp_contrast=amp_contrast, seed=seed)
+                   amp_contrast=amp_contrast, bfactor=bfactor, seed=seed)
     images = clean.copy()
-    add_noise(images, truth, snr, seed)
+    add_noise(images, truth, snr, seed, radius=snr_radius)
     return (images, truth, clean) if return_clean else (images, truth)
 
 
-def signal_variance(clean: np.ndarray, truth: pd.DataFrame, block: int = 4096) -> float:
+def _disc(box: int, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:box, :box] - box // 2
+    return (xx**2 + yy**2) <= radius**2
+
+
+def signal_variance(clean: np.ndarray, truth: pd.DataFrame, block: int = 4096,
+                    radius: float | None = None) -> float:
     """Mean over the non-junk images (all images if every one is junk) of each noise-free
-    image's variance over the box, read ``block`` images at a time."""
+    image's variance over the box, or over the pixels within ``radius`` px of the centre (the
+    particle's disc, where users and most simulators state an SNR), read ``block`` images at a
+    time."""
     junk = truth["junk"].to_numpy(dtype=bool)
     rows = np.flatnonzero(~junk) if (~junk).any() else np.arange(len(clean))
+    sel = None if radius is None else _disc(clean.shape[-1], radius)
     var = np.empty(len(rows))
     for lo in range(0, len(rows), block):
         r = rows[lo:lo + block]
-        var[lo:lo + block] = np.asarray(clean[r]).reshape(len(r), -1).var(axis=1, dtype=np.float64)
+        c = np.asarray(clean[r])
+        c = c.reshape(len(r), -1) if sel is None else c[:, sel]
+        var[lo:lo + block] = c.var(axis=1, dtype=np.float64)
     return float(var.mean())
 
 
-def add_noise(images: np.ndarray, truth: pd.DataFrame, snr: float, seed: int, block: int = 4096) -> None:
-    """Add white Gaussian noise of variance ``signal_variance / snr`` to noise-free ``images``
-    in place (an array or a writable memory map), ``block`` images at a time; the noise is
-    ``default_rng([seed, 2]).standard_normal`` drawn in image order (the same numbers for any
-    ``block``)."""
-    sigma = np.float32(np.sqrt(signal_variance(images, truth, block) / snr))
+def add_noise(images: np.ndarray, truth: pd.DataFrame, snr: float, seed: int, block: int = 4096,
+              radius: float | None = None) -> None:
+    """Add white Gaussian noise of variance ``signal_variance(..., radius) / snr`` to noise-free
+    ``images`` in place (an array or a writable memory map), ``block`` images at a time; the
+    noise is ``default_rng([seed, 2]).standard_normal`` drawn in image order (the same numbers
+    for any ``block``)."""
+    sigma = np.float32(np.sqrt(signal_variance(images, truth, block, radius) / snr))
     rng = np.random.default_rng([seed, 2])
     for lo in range(0, len(images), block):
         hi = min(len(images), lo + block)

@@ -11,15 +11,22 @@ Writes to OUTDIR:
   (always 0: in RELION that flag means "multiplied by the CTF", which phase flipping is not).
   The true angles and shifts are *not* in the STAR file, so a classifier cannot see them;
 * ``truth.tsv``: one row per particle, tab-separated, columns ``index rot tilt psi view_x
-  view_y view_z shift_x shift_y defocus_u defocus_v defocus_angle junk`` (see
+  view_y view_z shift_x shift_y defocus_u defocus_v defocus_angle junk junk_kind`` (see
   ``r2d.simulate``: RELION Euler angles in degrees, unit viewing direction in the map frame,
-  shift in px of the particle centre from the box centre, defocus in Å, junk flag);
+  shift in px of the particle centre from the box centre, defocus in Å, junk flag, and what
+  the image is: ``particle`` or a junk kind);
 * ``clean.mrcs``: the noise-free images (with ``--write-clean``).
 
 Example::
 
     r2d simulate --map ribosome.mrc --apix 5 --n 2000 --box 64 --snr 0.1 --shift 3 \\
         --ctf flip --defocus 10000 30000 --seed 1 -o sim
+
+Data as users meet it (raw CTF with astigmatism, SNR in the particle's disc, an envelope,
+25 % junk of every kind)::
+
+    r2d simulate --map ribosome.mrc --n 2000 --box 64 --snr 0.1 --snr-disc 0.4 --ctf full \
+        --defocus 8000 25000 --bfactor 100 --junk 0.25 --junk-kinds all -o sim
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import starfile
 from r2d.errors import ConfigError
 from r2d.io import atomic_write, new_mrcs, read_map
 from r2d.phantom import phantom_volume
-from r2d.simulate import add_noise, draw_truth, render
+from r2d.simulate import JUNK_KINDS, add_noise, draw_truth, render
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="pixel size in Å; required when the map header has none, must match "
                              "it otherwise (default: the header's; 5.0 for --phantom)")
     parser.add_argument("--snr", type=float, default=0.1,
-                        help="signal variance / noise variance over the box (default 0.1)")
+                        help="signal variance / noise variance, over the box or with --snr-disc "
+                             "inside the particle's disc (default 0.1)")
+    parser.add_argument("--snr-disc", type=float, default=None, metavar="FRACTION",
+                        help="measure the signal variance inside a centred disc of radius "
+                             "FRACTION x box (e.g. 0.4) instead of over the whole box")
     parser.add_argument("--shift", type=float, default=0.0,
                         help="maximum shift in px, uniform in [-SHIFT, SHIFT] per axis (default 0)")
     parser.add_argument("--ctf", choices=("none", "flip", "full"), default="flip",
@@ -64,8 +75,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voltage", type=float, default=300.0, help="kV (default 300)")
     parser.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm (default 2.7)")
     parser.add_argument("--amp-contrast", type=float, default=0.1, help="amplitude contrast (default 0.1)")
-    parser.add_argument("--junk", type=float, default=0.0,
-                        help="fraction of junk images (pure noise or random blobs; default 0)")
+    parser.add_argument("--bfactor", type=float, default=0.0,
+                        help="envelope exp(-B s^2/4) in Å^2 on every image (default 0)")
+    parser.add_argument("--junk", type=float, default=0.0, help="fraction of junk images (default 0)")
+    parser.add_argument("--junk-kinds", default="noise,blobs", metavar="KINDS",
+                        help=f"comma-separated kinds of junk, drawn uniformly: {', '.join(JUNK_KINDS)} "
+                             "or 'all' (default noise,blobs)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--write-clean", action="store_true", help="also write clean.mrcs (no noise)")
 
@@ -92,6 +107,19 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--voltage must be > 0 and --cs >= 0")
     if not 0 <= args.junk <= 1:
         raise ConfigError(f"--junk {args.junk}: must be a fraction in [0, 1]")
+    bad = set(_junk_kinds(args)) - set(JUNK_KINDS)
+    if bad or not _junk_kinds(args):
+        raise ConfigError(f"--junk-kinds {args.junk_kinds}: choose from {', '.join(JUNK_KINDS)} or 'all'")
+    if args.snr_disc is not None and not 0 < args.snr_disc <= 0.5:
+        raise ConfigError(f"--snr-disc {args.snr_disc}: the disc radius must be in (0, 0.5] x box")
+    if args.bfactor < 0:
+        raise ConfigError(f"--bfactor {args.bfactor}: must be >= 0 (Å^2)")
+
+
+def _junk_kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.junk_kinds.strip() == "all":
+        return JUNK_KINDS
+    return tuple(k.strip() for k in args.junk_kinds.split(",") if k.strip())
 
 
 def star_tables(truth: pd.DataFrame, stack_name: str, box: int, apix: float, ctf: str | None,
@@ -134,18 +162,20 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # streamed into memory-mapped stacks: memory stays one batch of images, whatever --n
     truth = draw_truth(args.n, np.random.default_rng([args.seed, 0]), shift_max=args.shift, ctf=ctf,
-                       defocus=tuple(args.defocus), astigmatism=args.astigmatism, junk_fraction=args.junk)
+                       defocus=tuple(args.defocus), astigmatism=args.astigmatism, junk_fraction=args.junk,
+                       junk_kinds=_junk_kinds(args))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     shape = (args.n, args.box, args.box)
     with new_mrcs(out / "particles.mrcs", shape, apix) as images:
         render(vol, truth, args.box, apix, ctf=ctf, voltage=args.voltage, cs=args.cs,
-               amp_contrast=args.amp_contrast, seed=args.seed, out=images)
+               amp_contrast=args.amp_contrast, bfactor=args.bfactor, seed=args.seed, out=images)
         if args.write_clean:
             with new_mrcs(out / "clean.mrcs", shape, apix) as clean:
                 for lo in range(0, args.n, 4096):
                     clean[lo:lo + 4096] = images[lo:lo + 4096]
-        add_noise(images, truth, args.snr, args.seed)
+        add_noise(images, truth, args.snr, args.seed,
+                  radius=None if args.snr_disc is None else args.snr_disc * args.box)
     log.info("simulated %d images of %d px from %s in %.1f s", args.n, args.box, source,
              time.perf_counter() - t0)
     tables = star_tables(truth, "particles.mrcs", args.box, apix, ctf, args.voltage, args.cs,
