@@ -86,7 +86,7 @@ def atomic_write(path):
         pause("write:" + Path(path).name)
 
 
-r2d.io.atomic_write = atomic_write
+r2d.io.atomic_write = r2d.io.atomic.atomic_write = atomic_write  # the package's writers call the latter
 cmd = next(a for a in sys.argv[1:] if not a.startswith("-"))
 r2d.cli.COMMANDS = {{cmd: r2d.cli.COMMANDS[cmd]}}
 if cmd == "simmx":
