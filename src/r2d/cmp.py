@@ -160,33 +160,12 @@ def _radial_mean(F, nbins, power):
 
 
 def frc_curve(this, to, *, workers=1):
-    """Fourier ring correlation per ring ``r = round(|k|)``, ``r = 0 … n/2``: ``(N, n/2+1)``; also ring counts."""
-    this = np.asarray(this, dtype=np.float64)
-    to = np.asarray(to, dtype=np.float64)
-    n = this.shape[-1]
-    F = sfft.rfft2(this, workers=workers)
-    G = sfft.rfft2(to, workers=workers)
-    ring = np.rint(freq_radius(n)).astype(np.int64).ravel()
-    nr = n // 2 + 1
-    keep = ring < nr
-    ring = ring[keep]
-    N = len(this)
-    Ff = F.reshape(N, -1)[:, keep]
-    Gf = G.reshape(N, -1)[:, keep]
-    idx = ring[None, :] + nr * np.arange(N)[:, None]
-
-    def rsum(v):
-        return np.bincount(idx.ravel(), weights=v.ravel(), minlength=N * nr).reshape(N, nr)
-
-    num = rsum((Ff * np.conj(Gf)).real)
-    den = np.sqrt(rsum(np.abs(Ff) ** 2) * rsum(np.abs(Gf) ** 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        curve = np.where(den > 0, num / den, 0.0)
-    counts = np.bincount(ring, minlength=nr).astype(np.float64)
-    return curve, counts
+    """Fourier ring correlation per ring ``r = round(|k|)``, ``r = 0 … n/2``: ``(N, n/2+1)``, and
+    the ring counts (:func:`_frc_rings`: each coefficient of the half plane once, as EMAN2)."""
+    return _frc_rings(this, to, workers=workers)
 
 
-def _frc_rings(this, to):
+def _frc_rings(this, to, workers=1):
     """EMAN2's Fourier ring correlation (``calc_fourier_shell_correlation``, ring width 1):
     every coefficient of the half plane once (column ``kx = 0`` for ``ky ≥ 0`` only), ring
     ``round(|k|)`` for ``0 … n/2``. Returns ``(curve (N, n/2+1), counts (N, n/2+1))`` with
@@ -200,8 +179,8 @@ def _frc_rings(this, to):
     ring = np.floor(np.hypot(kx, aky) + 0.5).astype(np.int64)
     sel = (((kx > 0) | (ky >= 0)) & (ring < nr)).ravel()
     ring = ring.ravel()[sel]
-    F = sfft.rfft2(this).reshape(N, -1)[:, sel]
-    G = sfft.rfft2(to).reshape(N, -1)[:, sel]
+    F = sfft.rfft2(this, workers=workers).reshape(N, -1)[:, sel]
+    G = sfft.rfft2(to, workers=workers).reshape(N, -1)[:, sel]
     idx = (ring[None, :] + nr * np.arange(N)[:, None]).ravel()
 
     def rsum(v):
