@@ -9,6 +9,11 @@ and for the last iteration the FRC-0.5 resolution of the class averages against 
 best-matching noise-free projections (``r2d evaluate --map``).
 
   $ .venv/bin/python benchmarks/pipeline.py [--n 2000] [--iter 8] [--workdir /tmp/r2d-bench]
+
+Realistic data (SNR inside the particle's disc of 0.4 x box, raw CTF, defocus 0.8-2.5 µm):
+
+  $ .venv/bin/python benchmarks/pipeline.py --snr-disc 0.4 --ctf full --defocus 8000 25000 \
+        --data-seed 11 --workdir /tmp/r2d-raw
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="workflow seed (the data are always simulated with seed 1)")
     ap.add_argument("--averager", default=None, help="classaverager (default: the workflow's default)")
     ap.add_argument("--ctf", default="flip", choices=["flip", "full"], help="CTF of the simulated data")
+    ap.add_argument("--snr-disc", type=float, default=None, metavar="FRACTION",
+                    help="state the SNR inside a disc of radius FRACTION x box (r2d simulate --snr-disc)")
+    ap.add_argument("--defocus", type=float, nargs=2, default=(10000, 30000), metavar=("MIN", "MAX"))
+    ap.add_argument("--data-seed", type=int, default=1, help="seed of the simulated data (default 1)")
+    ap.add_argument("--junk", type=float, default=0.0, help="junk fraction (all five kinds)")
     ap.add_argument("--phantom", action="store_true", help="use r2d's phantom instead of the 70S map")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config value (YAML), e.g. --set mramaxshift=12; repeatable")
@@ -51,9 +61,12 @@ def main() -> int:
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     src = ["--phantom"] if args.phantom else ["--map", str(MAP)]
     if not (wd / "data" / "truth.tsv").exists():
+        extra = [] if args.snr_disc is None else ["--snr-disc", str(args.snr_disc)]
+        if args.junk:
+            extra += ["--junk", str(args.junk), "--junk-kinds", "all"]
         subprocess.run([BIN / "r2d", "simulate", *src, "--apix", "5", "--n", str(args.n), "--box", "64",
-                        "--snr", "0.1", "--shift", "3", "--ctf", args.ctf, "--defocus", "10000", "30000",
-                        "--seed", "1", "-o", str(wd / "data")], check=True, env=env)
+                        "--snr", "0.1", "--shift", "3", "--ctf", args.ctf, "--defocus", *map(str, args.defocus),
+                        *extra, "--seed", str(args.data_seed), "-o", str(wd / "data")], check=True, env=env)
     (wd / "config").mkdir(exist_ok=True)
     cfg = {"input": "data/particles.star", "path": "run", "ncls": args.ncls, "iter": args.iter, "naliref": 5,
            "nbasisfp": 12, "seed": args.seed}  # threads and chunks: the defaults (1 thread, 2 chunks)
