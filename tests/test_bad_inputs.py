@@ -421,7 +421,7 @@ def test_image_problems_codes(tmp_path):
 
 
 def test_read_particles_zeroes_and_reports_bad_ones(tmp_path, caplog):
-    from r2d.commands._common import bad_mask, read_particles
+    from r2d.io import bad_mask, read_particles
 
     stack, imgs = _bad_stack(tmp_path)
     with caplog.at_level(logging.WARNING):
@@ -436,7 +436,7 @@ def test_read_particles_zeroes_and_reports_bad_ones(tmp_path, caplog):
 
 
 def test_read_good_particles_same_bad_set_in_every_chunking(tmp_path):
-    from r2d.commands._common import read_good_particles
+    from r2d.io import read_good_particles
 
     stack, imgs = _bad_stack(tmp_path)
     whole = read_good_particles(stack)
@@ -451,7 +451,7 @@ def test_read_good_particles_same_bad_set_in_every_chunking(tmp_path):
 
 
 def test_stack_weight_ignores_bad_particles(tmp_path):
-    from r2d.commands._common import stack_weight
+    from r2d.io import stack_weight
 
     stack, imgs = _bad_stack(tmp_path)
     w = stack_weight(stack)

@@ -482,7 +482,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     (−1 = in no class), e2classaverage-style (algorithm.md §3.11).
 
     ``particles`` is an array or anything indexable by an array of rows with a ``shape``
-    (e.g. :class:`r2d.commands._common.ParticleRows`, which reads them from the stack): every pass goes
+    (e.g. :class:`r2d.io.ParticleRows`, which reads them from the stack): every pass goes
     through the particles in blocks of ``block`` rows (default: 64 MiB of float32
     images, :func:`r2d.io.image_block`), so memory is one block plus the class sums, whatever ``N``.
 

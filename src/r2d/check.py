@@ -249,7 +249,7 @@ def check_config(config: dict, *, open_input: bool = True, defaulted=frozenset()
     _check_run_folder(config["path"])
     if not open_input:
         return facts
-    from r2d.commands._common import read_exclude
+    from r2d.io import read_exclude
 
     path = config["input"]
     _check_file_key("input", path)

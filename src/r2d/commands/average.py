@@ -30,7 +30,8 @@ from r2d import io
 from r2d.average import class_averages, class_chunks
 from r2d.ctf import ParticleCTF
 from r2d.commands._classopts import add_class_args
-from r2d.commands._common import ParticleRows, add_threads, stack_weight
+from r2d.commands._common import add_threads
+from r2d.io import ParticleRows, stack_weight
 
 
 def add_args(p):

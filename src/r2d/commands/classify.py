@@ -19,7 +19,8 @@ import logging
 import numpy as np
 
 from r2d import io
-from r2d.commands._common import add_exclude, add_seed, read_exclude
+from r2d.commands._common import add_exclude, add_seed
+from r2d.io import read_exclude
 from r2d.errors import InputError
 from r2d.kmeans import kmeans
 from r2d.mra import assign

@@ -16,7 +16,8 @@ import numpy as np
 
 from r2d import io
 from r2d.errors import InputError
-from r2d.commands._common import add_exclude, add_threads, read_exclude, read_good_particles
+from r2d.commands._common import add_exclude, add_threads
+from r2d.io import read_exclude, read_good_particles
 from r2d.invariants import footprint
 from r2d.progress import blocks
 

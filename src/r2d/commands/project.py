@@ -17,7 +17,7 @@ import numpy as np
 
 from r2d import io
 from r2d import transforms as tf
-from r2d.commands._common import read_particles, stack_weight
+from r2d.io import read_particles, stack_weight
 from r2d.msa import Basis, project
 from r2d.progress import blocks
 

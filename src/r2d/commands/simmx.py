@@ -20,7 +20,8 @@ from r2d.align import align
 from r2d.average import center_shift
 from r2d import transforms as tf
 from r2d.progress import blocks
-from r2d.commands._common import add_exclude, add_threads, read_exclude, read_good_particles, stack_weight
+from r2d.commands._common import add_exclude, add_threads
+from r2d.io import read_exclude, read_good_particles, stack_weight
 
 log = logging.getLogger(__name__)
 

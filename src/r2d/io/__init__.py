@@ -22,10 +22,15 @@ One job per module; every name is re-exported here, so callers write ``r2d.io.X`
 * :mod:`r2d.io.matrix`: matrix files (:func:`write_matrix`, :func:`read_matrix`,
   :func:`read_matrix_attrs`);
 * :mod:`r2d.io.blocks`: :func:`image_block`, :func:`chunk_index`, :func:`chunk_range`;
-* :mod:`r2d.io.maps`: :func:`read_map` (3-D MRC maps).
+* :mod:`r2d.io.maps`: :func:`read_map` (3-D MRC maps);
+* :mod:`r2d.io.particles`: particles for a step with the data checks (:func:`read_particles`,
+  :func:`read_good_particles`, :class:`ParticleRows`, :func:`bad_mask`), :func:`read_exclude`,
+  :func:`stack_weight`.
 
-Imports run one way (atomic, files → images, matrix → star, cryosparc, index → stacks → hdf);
-nothing here imports :mod:`r2d.commands`.
+Dependencies inside the package, without cycles (no module uses a name defined in this file):
+images, star, cryosparc, hdf, matrix → files; hdf, mrcs, matrix → atomic; star, cryosparc,
+index, particles, hdf, mrcs, stacks → images; index, hdf → matrix; stacks → star, cryosparc, index;
+hdf → stacks. Nothing here imports the CLI layer.
 """
 
 from __future__ import annotations
@@ -48,14 +53,23 @@ from r2d.io.index import INDEX_MARK, write_particle_index
 from r2d.io.maps import read_map
 from r2d.io.matrix import read_matrix, read_matrix_attrs, write_matrix
 from r2d.io.mrcs import new_mrcs, write_mrcs
+from r2d.io.particles import (
+    ParticleRows,
+    bad_mask,
+    read_exclude,
+    read_good_particles,
+    read_particles,
+    stack_weight,
+)
 from r2d.io.stacks import open_stack
 from r2d.io.star import read_star_metadata
 
 __all__ = [
     "HDF_EXTENSIONS", "IMAGE_CONSTANT", "IMAGE_NONFINITE", "IMAGE_OK", "IMAGE_PROBLEMS", "INDEX_MARK",
-    "MRC_EXTENSIONS", "Stack", "atomic_write", "chunk_index", "chunk_range", "image_block",
-    "image_problems", "new_mrcs", "open_stack", "read_cs_metadata", "read_image_headers",
-    "read_image_stack", "read_map", "read_matrix", "read_matrix_attrs", "read_star_metadata",
-    "user_header", "write_image_stack", "write_matrix", "write_mrcs", "write_particle_index",
+    "MRC_EXTENSIONS", "ParticleRows", "Stack", "atomic_write", "bad_mask", "chunk_index", "chunk_range",
+    "image_block", "image_problems", "new_mrcs", "open_stack", "read_cs_metadata", "read_exclude",
+    "read_good_particles", "read_image_headers", "read_image_stack", "read_map", "read_matrix",
+    "read_matrix_attrs", "read_particles", "read_star_metadata", "stack_weight", "user_header",
+    "write_image_stack", "write_matrix", "write_mrcs", "write_particle_index",
 ]
 # private names tests use: _HOST (tests/test_io.py, the temporary-file names of atomic_write)
