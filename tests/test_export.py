@@ -76,7 +76,8 @@ def test_relion_pose_against_simulation_truth():
     psi_true, shift = rng.uniform(-180, 180, n), rng.uniform(-3, 3, (n, 2))
     truth = pd.DataFrame({"index": np.arange(n), "rot": 0.0, "tilt": 30.0, "psi": psi_true, "view_x": 0.0,
                           "view_y": 0.0, "view_z": 1.0, "shift_x": shift[:, 0], "shift_y": shift[:, 1],
-                          "defocus_u": 0.0, "defocus_v": 0.0, "defocus_angle": 0.0, "junk": False})[TRUTH_COLUMNS]
+                          "defocus_u": 0.0, "defocus_v": 0.0, "defocus_angle": 0.0, "junk": False,
+                          "junk_kind": "particle"})[TRUTH_COLUMNS]
     clean = render(phantom_volume(box, apix), truth, box, apix)
     parts = clean + rng.normal(scale=0.5 * clean.std(), size=clean.shape).astype(np.float32)
     res = class_averages(parts, np.zeros(n, int), iterations=2, averager="mean", apix=apix)
