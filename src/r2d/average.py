@@ -19,8 +19,10 @@ import scipy.fft as sfft
 from r2d import transforms as tf
 from r2d.io import image_block
 from r2d.align import align
+from r2d.centering import center_shift  # also r2d.average.center_shift, as before
 from r2d.cmp import compare
 from r2d.ctf import ParticleCTF
+from r2d.fsc import fsc_resolution, ring_fsc  # fsc_resolution: also r2d.average.fsc_resolution, as before
 from r2d.options import Option, parse
 
 log = logging.getLogger(__name__)
@@ -153,23 +155,8 @@ class HalfSums:
 
     def fsc(self) -> np.ndarray:
         """FSC per ring ``r = round(|k|)`` between the two half sums, ``(K, n//2+1)`` float64
-        (0 where a half is empty)."""
-        n = self.num.shape[-2]
-        ring = tf.ring_index(n).ravel()
-        nr = n // 2 + 1
-        keep = ring < nr
-        K = self.num.shape[1]
-        a = self.num[0].reshape(K, -1)[:, keep]
-        b = self.num[1].reshape(K, -1)[:, keep]
-        r = ring[keep]
-
-        def rsum(v):
-            return np.stack([np.bincount(r, weights=row, minlength=nr) for row in v]) if len(v) else np.zeros((0, nr))
-
-        num = rsum((a * np.conj(b)).real)
-        den = np.sqrt(rsum(np.abs(a) ** 2) * rsum(np.abs(b) ** 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / den, 0.0)
+        (0 where a half is empty; :func:`r2d.fsc.ring_fsc`)."""
+        return ring_fsc(self.num[0], self.num[1])
 
 
 def _batch(n: int) -> int:
@@ -369,66 +356,8 @@ class Accumulator:
         return out, self.halves
 
 
-def fsc_resolution(fsc: np.ndarray, n: int, apix: float | None, threshold: float = 0.143) -> np.ndarray:
-    """Resolution (Å; pixels when ``apix`` is None) where each FSC curve ``(K, n//2+1)`` first
-    falls below ``threshold``, linearly interpolated between rings: ``n·apix/r``. A curve that
-    never falls below gives Nyquist (``2·apix``); one below at ring 1 gives ``n·apix``."""
-    fsc = np.atleast_2d(np.asarray(fsc, dtype=np.float64))
-    apix = 1.0 if apix is None else float(apix)
-    nr = fsc.shape[1]
-    out = np.empty(len(fsc))
-    for k, c in enumerate(fsc):
-        below = np.flatnonzero(c[1:] < threshold) + 1
-        if len(below) == 0:
-            r = nr - 1
-        else:
-            j = below[0]
-            r = float(j) if j == 1 else (j - 1) + (c[j - 1] - threshold) / max(c[j - 1] - c[j], 1e-12)
-        out[k] = n * apix / max(r, 1.0)
-    return out
-
-
 # ----------------------------------------------------------------------------------------
-# centering and masks
-
-
-def center_shift(images: np.ndarray, mode: str = "xform.center") -> tuple[np.ndarray, np.ndarray]:
-    """Integer shifts ``(dx, dy)`` that centre each image (``nocenter`` → zeros); images ``(K, n, n)``,
-    density white (positive). The shift moves the centre to pixel ``(n//2, n//2)``.
-
-    ``xform.center``: centre of mass of the image's density above its background — Gaussian
-    low-pass (σ = n/32 px), minus the mean of the rim ``r ≥ n/2 − 4``, positive part, within
-    ``r < n/2 − 2``. algorithm.md §5.2 allows any robust centre-of-mass method in place of
-    EMAN2's silhouette procedure (§3.9). A version of that procedure (the value-weighted
-    centre of the brightest 10 % of a squared high-pass) put noise-free 70S projections 7.6 px
-    (median; up to 15 px at 64 px) off their centre, each view by a different amount, so class
-    averages drifted apart and alignment needed large searches; this one is within 1 px
-    (median; ≤ 3.2 px) noise-free and 1.4 px (≤ 3.6 px) at SNR 1 (tests/test_average.py).
-    ``xform.centerofmass``: centre of mass of the positive part of the image.
-    """
-    images = np.asarray(images, dtype=np.float32)
-    K, n, _ = images.shape
-    if mode in (None, "nocenter", "None", "xform.centeracf"):
-        return np.zeros(K, int), np.zeros(K, int)
-    if mode == "xform.centerofmass":
-        g = np.clip(images, 0, None).astype(np.float64)
-    else:
-        from scipy import ndimage
-
-        sigma = max(1.0, n / 32)
-        g = ndimage.gaussian_filter(images.astype(np.float64), (0, sigma, sigma), mode="nearest")
-        r = tf.radius_grid(n)
-        rim = g[:, r >= n / 2 - 4].mean(axis=1)
-        g = np.clip(g - rim[:, None, None], 0, None) * (r < n / 2 - 2)
-    tot = g.reshape(K, -1).sum(1)
-    v, u = np.mgrid[0:n, 0:n]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cx = (g * u).reshape(K, -1).sum(1) / tot
-        cy = (g * v).reshape(K, -1).sum(1) / tot
-    ok = np.isfinite(cx) & np.isfinite(cy) & (tot > 0)
-    dx = np.where(ok, -(np.rint(cx) - n // 2), 0).astype(int)
-    dy = np.where(ok, -(np.rint(cy) - n // 2), 0).astype(int)
-    return dx, dy
+# working references
 
 
 def _shape_reference(refs: np.ndarray, g: int, automask: bool) -> np.ndarray:
@@ -535,11 +464,28 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     params["maxshift"] = n // 3 if maxshift is None or maxshift < 0 else maxshift
     aligner = Option(aligner.name, params)
     K = max(int(label.max(initial=-1)) + 1, n_classes or 0)
-    B = block or image_block(n)
+    ctf = _usable_ctf(averager, ctf, N)
+    job = _Job(particles, norm=norm, ctf=ctf, search_weight=search_weight, aligner=aligner, aligncmp=aligncmp,
+               ralign=ralign, raligncmp=raligncmp, cmp=cmp, apix=apix, block=block or image_block(n),
+               workers=workers)
+    m = _members(label, K, prior)
+    sums, passes = _bootstrap(job, m)
+    dx, dy = center_shift(sums, center)
+    ref = _shape_reference(tf.integer_shift(sums, dx, dy), max(5, n // 16), False)
+    par = _first_transforms(m, dx, dy)
+    ref, use, score, qual, qual_sigma = _iterate(job, m, passes, ref, par, iterations=iterations, keep=keep,
+                                                 keepsig=keepsig, local=local, averager=averager,
+                                                 automask=automask)
+    avgs, halves, final, used = _final_average(job, m, passes, ref, par, use, center, averager)
+    return _result(m, avgs, halves, final, used, score, qual, qual_sigma, apix, ctf_corrected=ctf is not None)
 
+
+def _usable_ctf(averager: Option, ctf: ParticleCTF | None, N: int) -> ParticleCTF | None:
+    """The CTF the class averaging uses: ``ctf`` (one entry per particle, N) for a ``ctf.*``
+    averager, else None (logged when a ``ctf.*`` averager has none)."""
     if not averager.name.startswith("ctf."):
-        ctf = None
-    elif ctf is None:
+        return None
+    if ctf is None:
         log.warning("averager %s: no CTF parameters, so no CTF correction: %s", averager.name,
                     "averaging as 'mean' with the automatic half-set FSC low-pass (EMAN2 without CTF)"
                     if averager.name == "ctf.weight.autofilt" else "averaging as 'mean'")
@@ -548,54 +494,98 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     else:
         log.info("averager %s: CTF-weighted (%d of %d particles phase-flipped, %d premultiplied)",
                  averager.name, int(ctf.phase_flipped.sum()), N, int(ctf.premultiplied.sum()))
+    return ctf
 
-    def prepare(rows):
-        """Particles ``rows``: normalised (X), phase-flipped in their own frame (Xc, for the
-        search and the bootstrap), and matched-filtered for the search (Xs)."""
-        P = np.asarray(particles[rows], dtype=np.float32)
+
+class _Job:
+    """The particles of one :func:`class_averages` call and how they are prepared, aligned and
+    scored (the options as parsed there).
+
+    ``particles`` (N, n, n), an array or row-indexable (see :func:`class_averages`), go
+    through in blocks of ``block`` rows; when they fit in one block they are prepared once,
+    for all passes (``whole``).
+    """
+
+    def __init__(self, particles, *, norm, ctf, search_weight, aligner, aligncmp, ralign, raligncmp, cmp, apix,
+                 block, workers):
+        self.particles, self.norm, self.ctf, self.search_weight = particles, norm, ctf, search_weight
+        self.aligner, self.aligncmp, self.raligncmp, self.cmp = aligner, aligncmp, raligncmp, cmp
+        self.apix, self.block, self.workers = apix, block, workers
+        self.N, self.n = len(particles), particles.shape[-1]
+        self.whole = self.prepare(np.arange(self.N)) if self.N <= self.block else None
+        if isinstance(ralign, str):
+            ralign = parse(ralign, "aligner")  # "None" (the command line's) → None
+        self.ralign = ralign
+        # plain ccc for both the search and the score, no refinement: the search's own correlation
+        # coefficient is the score (as e2simmx's ccc), without resampling every member again
+        self.search_scored = (cmp.name == "ccc" and not cmp.params and ralign is None
+                              and _plain_ccc(aligncmp))
+
+    def prepare(self, rows):
+        """Particles ``rows`` (b,): normalised (X), phase-flipped in their own frame (Xc, for the
+        search and the bootstrap), and matched-filtered for the search (Xs); each (b, n, n) float32."""
+        P = np.asarray(self.particles[rows], dtype=np.float32)
+        norm = self.norm
         X = tf.normalize(P, norm.name, **({"radius": norm.get("radius")} if "radius" in norm.params else {})) \
             if norm is not None else P
-        Xc, Xs = _flip_and_filter(X, None if ctf is None else ctf.take(rows), search_weight, workers=workers)
+        Xc, Xs = _flip_and_filter(X, None if self.ctf is None else self.ctf.take(rows), self.search_weight,
+                                  workers=self.workers)
         return X, Xc, Xs
 
-    whole = prepare(np.arange(N)) if N <= B else None  # one block: prepared once for all passes
+    def images(self, rows):
+        """:meth:`prepare` of ``rows`` (distinct, increasing), from ``whole`` when prepared once."""
+        if self.whole is None:
+            return self.prepare(rows)
+        if len(rows) == self.N:
+            return self.whole  # rows are distinct and increasing, so this is every row in order: no copies
+        return tuple(v[rows] for v in self.whole)
 
-    def images(rows):
-        if whole is None:
-            return prepare(rows)
-        if len(rows) == N:
-            return whole  # rows are distinct and increasing, so this is every row in order: no copies
-        return tuple(v[rows] for v in whole)
+    def blocks(self, rows):
+        """``rows`` in blocks of ``block``."""
+        for lo in range(0, len(rows), self.block):
+            yield rows[lo:lo + self.block]
 
-    # plain ccc for both the search and the score, no refinement: the search's own correlation
-    # coefficient is the score (as e2simmx's ccc), without resampling every member again
-    if isinstance(ralign, str):
-        ralign = parse(ralign, "aligner")  # "None" (the command line's) → None
-    search_scored = (cmp.name == "ccc" and not cmp.params and ralign is None
-                     and _plain_ccc(aligncmp))
-
-    def run_align(Xs, lab, refs, ref_repr=None, scored=True, prior=None, cache=None):
-        """Align search images ``Xs`` to ``refs[lab]`` (a local search around ``prior`` when
-        given; ``cache`` kept across the blocks of one pass, see :func:`r2d.align.search`);
-        return the alignment and the scores (None when not ``scored``)."""
-        frefs = refs if search_weight is None else tf.radial_filter(refs, search_weight, workers=workers)
-        a = align(Xs, frefs, aligner, aligncmp, pairs=lab, ralign=ralign, raligncmp=raligncmp,
-                  apix=apix, prior=prior, cache=cache, workers=workers)
+    def align(self, Xs, lab, refs, ref_repr=None, scored=True, prior=None, cache=None):
+        """Align search images ``Xs`` (b, n, n) to ``refs[lab]`` (``refs`` (K, n, n), ``lab`` (b,);
+        a local search around ``prior`` when given; ``cache`` kept across the blocks of one pass,
+        see :func:`r2d.align.search`); return the :class:`r2d.align.Alignment` and the scores
+        ((b,) float64, lower is better; None when not ``scored``)."""
+        workers = self.workers
+        frefs = refs if self.search_weight is None else tf.radial_filter(refs, self.search_weight, workers=workers)
+        a = align(Xs, frefs, self.aligner, self.aligncmp, pairs=lab, ralign=self.ralign, raligncmp=self.raligncmp,
+                  apix=self.apix, prior=prior, cache=cache, workers=workers)
         if not scored:
             return a, None
-        if search_scored:
+        if self.search_scored:
             return a, a.score  # ccc from the search itself: the correlation coefficient over the disc
         moved_s = tf.transform(Xs, a.alpha, a.tx, a.ty, a.mirror, workers=workers)
-        score = compare(moved_s, frefs[lab], cmp, apix=apix, ptcl_repr=None if ref_repr is None else ref_repr[lab])
+        score = compare(moved_s, frefs[lab], self.cmp, apix=self.apix,
+                        ptcl_repr=None if ref_repr is None else ref_repr[lab])
         return a, score
 
-    def by_block(rows):
-        for lo in range(0, len(rows), B):
-            yield rows[lo:lo + B]
 
+@dataclass
+class _Members:
+    """Class membership in one :func:`class_averages` call: ``lab`` (N,) int64 class (−1 = in
+    none), ``valid`` (N,) bool (``lab >= 0``), ``K`` classes, ``counts`` (K,) int64 members per
+    class, ``prior`` four (N,) float64 arrays ``(alpha, tx, ty, mirror)`` or None, and
+    ``from_prior`` (N,) bool: the members of classes whose members all have a prior transform
+    (they start from it, the others bootstrap)."""
+
+    lab: np.ndarray
+    valid: np.ndarray
+    K: int
+    counts: np.ndarray
+    prior: tuple | None
+    from_prior: np.ndarray
+
+
+def _members(label: np.ndarray, K: int, prior) -> _Members:
+    """:class:`_Members` of ``label`` (N,) int64 with ``K`` classes and the optional ``prior``
+    (four (N,) arrays, NaN where unknown)."""
+    N = len(label)
     lab = np.where(label >= 0, label, -1)
     valid = lab >= 0
-    # ---- classes whose members all have a prior transform start from it, the others bootstrap
     if prior is not None:
         prior = tuple(np.asarray(v, dtype=np.float64).reshape(N) for v in prior)
         known = valid & np.isfinite(np.stack(prior)).all(axis=0)
@@ -603,32 +593,53 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         from_prior = valid & by_prior[np.maximum(lab, 0)]
     else:
         from_prior = np.zeros(N, dtype=bool)
-    boot = valid & ~from_prior
-    # ---- bootstrap (running sums of the phase-flipped members): rank of each member within its class
+    return _Members(lab, valid, K, np.bincount(lab[valid], minlength=K), prior, from_prior)
+
+
+def _class_rank(lab: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Rank (N,) int of each member within its class, in particle order (0 = first; −1 outside
+    any class)."""
+    N = len(lab)
     order = np.lexsort((np.arange(N), lab))
     ranked = lab[order]
     start = np.searchsorted(ranked, ranked, side="left")
     rank = np.full(N, -1)
     rank[order] = np.arange(N) - start
     rank[~valid] = -1
-    sums = np.zeros((K, n, n), np.float32)
-    idx = np.flatnonzero(valid)
+    return rank
+
+
+def _bootstrap(job: _Job, m: _Members):
+    """First class sums and the passes' images.
+
+    Returns ``sums`` (K, n, n) float32 and the passes' images of every member (a
+    :class:`_Prepared` of ``(X, Xs)``, normalised and search images, (b, n, n) float32 per
+    block). Classes that start from their prior sum their phase-flipped members moved by it
+    (added as the passes' images are prepared); the others bootstrap from running sums of the
+    phase-flipped members: the first member, then members ``2^k … 2^(k+1)-1`` aligned to the
+    sum of those before.
+    """
+    n = job.n
+    lab, from_prior, prior = m.lab, m.from_prior, m.prior
+    boot = m.valid & ~from_prior
+    rank = _class_rank(lab, m.valid)
+    sums = np.zeros((m.K, n, n), np.float32)
 
     def make_pass(rows):
         """The passes' images (normalised X, search Xs) of ``rows``; on the way, the phase-flipped
         members that start from their prior are added, moved by it, to their class's first sum."""
-        X, Xc, Xs = images(rows)
+        X, Xc, Xs = job.images(rows)
         f = from_prior[rows]
         if f.any():
             r = rows[f]
-            np.add.at(sums, lab[r], tf.transform(Xc[f], *(p[r] for p in prior), workers=workers))
+            np.add.at(sums, lab[r], tf.transform(Xc[f], *(p[r] for p in prior), workers=job.workers))
         return X, Xs
 
     # the passes' images, prepared once: in memory for one block, else spilled block by block to
     # an anonymous temporary file (memory stays one block)
-    passes = _Prepared(idx, B, make_pass, (n, n))
-    for rows in by_block(np.flatnonzero(boot & (rank == 0))):
-        sums[lab[rows]] = images(rows)[1]
+    passes = _Prepared(np.flatnonzero(m.valid), job.block, make_pass, (n, n))
+    for rows in job.blocks(np.flatnonzero(boot & (rank == 0))):
+        sums[lab[rows]] = job.images(rows)[1]
     if from_prior.any():
         for _ in passes.blocks():  # prepares every block once (and the prior sums)
             pass
@@ -638,75 +649,128 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         if len(sel) == 0:
             break
         delta = np.zeros_like(sums)
-        for rows in by_block(sel):
-            _, Xc, Xs = images(rows)
-            a, _ = run_align(Xs, lab[rows], sums, scored=False)
-            np.add.at(delta, lab[rows], tf.transform(Xc, *a.params(), workers=workers))
+        for rows in job.blocks(sel):
+            _, Xc, Xs = job.images(rows)
+            a, _ = job.align(Xs, lab[rows], sums, scored=False)
+            np.add.at(delta, lab[rows], tf.transform(Xc, *a.params(), workers=job.workers))
         sums += delta
         lo_r *= 2
-    dx, dy = center_shift(sums, center)
-    ref = tf.integer_shift(sums, dx, dy)
-    ref = _shape_reference(ref, max(5, n // 16), False)
+    return sums, passes
 
-    use = valid.copy()
-    score = np.zeros(N)
-    qual = np.zeros(K)
-    qual_sigma = np.ones(K)
-    counts = np.bincount(lab[valid], minlength=K)
+
+def _first_transforms(m: _Members, dx: np.ndarray, dy: np.ndarray) -> list[np.ndarray]:
+    """Transforms ``[alpha, tx, ty, mirror]`` (four (N,) float64) before the first pass: the prior
+    carried into the centred first reference (class shifts ``dx, dy`` (K,) int) for the members
+    that start from it, zeros for the others."""
+    N = len(m.lab)
     par = [np.zeros(N) for _ in range(4)]
-    if from_prior.any():  # first pass local around the prior, carried into the centred reference
-        c = np.maximum(lab, 0)
-        moved = tf.compose(prior, (np.zeros(N), dx[c].astype(float), dy[c].astype(float), np.zeros(N)))
+    if m.from_prior.any():  # first pass local around the prior, carried into the centred reference
+        c = np.maximum(m.lab, 0)
+        moved = tf.compose(m.prior, (np.zeros(N), dx[c].astype(float), dy[c].astype(float), np.zeros(N)))
         for p, v in zip(par, moved):
-            p[from_prior] = v[from_prior]
+            p[m.from_prior] = v[m.from_prior]
+    return par
+
+
+def _member_quality(m: _Members, score: np.ndarray, keep: float, keepsig: bool):
+    """From the last pass's ``score`` (N,) float64: ``use`` (N,) bool (kept by ``keep``/``keepsig``,
+    :func:`_keep_flags`) and each class's mean and σ of its members' scores, (K,) float64 each."""
+    lab, valid, K = m.lab, m.valid, m.K
+    use = _keep_flags(score, lab, K, keep, keepsig)
+    s = np.where(valid, score, 0.0)
+    c = np.maximum(m.counts, 1)
+    qual = np.bincount(lab[valid], s[valid], K) / c
+    qual_sigma = np.sqrt(np.maximum(np.bincount(lab[valid], s[valid] ** 2, K) / c - qual**2, 0))
+    return use, qual, qual_sigma
+
+
+def _iterate(job: _Job, m: _Members, passes, ref, par, *, iterations, keep, keepsig, local, averager, automask):
+    """The ``iterations + 1`` passes of align every member → score → average the kept ones.
+
+    ``ref`` (K, n, n) float32 the first working reference; ``par`` (four (N,) float64, updated in
+    place) the members' transforms. Returns the last working reference, ``use`` (N,) bool (kept
+    by the last pass's scores), ``score`` (N,) float64 (the last pass's) and ``qual``,
+    ``qual_sigma`` (K,) float64.
+    """
+    N = job.N
+    use = m.valid.copy()
+    score = np.zeros(N)
+    qual = np.zeros(m.K)
+    qual_sigma = np.ones(m.K)
+    idx = np.flatnonzero(m.valid)
     for it in range(iterations + 2):
         if it > 0:
-            use = _keep_flags(score, lab, K, keep, keepsig)
-            s = np.where(valid, score, 0.0)
-            c = np.maximum(counts, 1)
-            qual = np.bincount(lab[valid], s[valid], K) / c
-            qual_sigma = np.sqrt(np.maximum(np.bincount(lab[valid], s[valid] ** 2, K) / c - qual**2, 0))
+            use, qual, qual_sigma = _member_quality(m, score, keep, keepsig)
         if it == iterations + 1:
             break
-        acc = Accumulator(n, lab, use, K, averager, ctf=ctf, workers=workers)
         # local search around the previous transform: after the first pass, and in the first
         # for members that start from their prior
-        near = (from_prior if it == 0 else np.ones(N, dtype=bool)) if local else np.zeros(N, dtype=bool)
-        cache: dict = {}  # the reference's polar tables, for every block of this pass
-        for rows, (X, Xs) in passes.blocks():
-            sc = np.empty(len(rows))
-            params = [np.empty(len(rows)) for _ in range(4)]
-            for part, is_local in ((near[rows], True), (~near[rows], False)):
-                if not part.any():
-                    continue
-                r = rows[part]
-                a, s_ = run_align(Xs[part], lab[r], ref, counts,
-                                  prior=tuple(p[r] for p in par) if is_local else None, cache=cache)
-                sc[part] = s_
-                for q, v in zip(params, a.params()):
-                    q[part] = v
-            score[rows] = sc
-            for p, v in zip(par, params):
-                p[rows] = v
-            u = use[rows]  # only the members this pass averages are interpolated (the others add nothing)
-            acc.add(rows[u], tf.transform(X[u], *(q[u] for q in params), workers=workers), params[0][u],
-                    params[3][u])
-        ref = _shape_reference(acc.finish(), max(5, n // 12), automask)
+        near = (m.from_prior if it == 0 else np.ones(N, dtype=bool)) if local else np.zeros(N, dtype=bool)
+        ref = _align_pass(job, m, passes, ref, par, score, use, near, averager, automask)
         log.info("class averaging pass %d/%d: mean score %.4f, %d of %d kept", it + 1, iterations + 1,
-                 float(score[idx].mean()) if len(idx) else 0.0, int(use.sum()), int(valid.sum()))
-    # ---- final: centre, compose, re-average raw particles with one interpolation
+                 float(score[idx].mean()) if len(idx) else 0.0, int(use.sum()), int(m.valid.sum()))
+    return ref, use, score, qual, qual_sigma
+
+
+def _align_pass(job: _Job, m: _Members, passes, ref, par, score, use, near, averager, automask):
+    """One pass: every member aligned to its class's reference ``ref`` (K, n, n) float32 (a local
+    search around ``par`` where ``near`` (N,) bool) and scored; ``par`` (four (N,) float64) and
+    ``score`` (N,) float64 are updated in place. Returns the next working reference (K, n, n)
+    float32: the average of the members in ``use`` (N,) bool, normalised and masked."""
+    n = job.n
+    acc = Accumulator(n, m.lab, use, m.K, averager, ctf=job.ctf, workers=job.workers)
+    cache: dict = {}  # the reference's polar tables, for every block of this pass
+    for rows, (X, Xs) in passes.blocks():
+        sc = np.empty(len(rows))
+        params = [np.empty(len(rows)) for _ in range(4)]
+        for part, is_local in ((near[rows], True), (~near[rows], False)):
+            if not part.any():
+                continue
+            r = rows[part]
+            a, s_ = job.align(Xs[part], m.lab[r], ref, m.counts,
+                              prior=tuple(p[r] for p in par) if is_local else None, cache=cache)
+            sc[part] = s_
+            for q, v in zip(params, a.params()):
+                q[part] = v
+        score[rows] = sc
+        for p, v in zip(par, params):
+            p[rows] = v
+        u = use[rows]  # only the members this pass averages are interpolated (the others add nothing)
+        acc.add(rows[u], tf.transform(X[u], *(q[u] for q in params), workers=job.workers), params[0][u],
+                params[3][u])
+    return _shape_reference(acc.finish(), max(5, n // 12), automask)
+
+
+def _final_average(job: _Job, m: _Members, passes, ref, par, use, center, averager):
+    """Centre the last reference ``ref`` (K, n, n), compose the members' transforms ``par`` with
+    the centring shift and re-average the normalised particles with one interpolation each.
+
+    Returns the averages (K, n, n) float32, their :class:`HalfSums`, the final transforms
+    (four (N,) float64) and ``used`` (N,) bool (the members averaged)."""
+    N = job.N
+    lab, valid = m.lab, m.valid
     dx, dy = center_shift(ref, center)
     cshift = (np.zeros(N), np.where(valid, dx[np.maximum(lab, 0)], 0).astype(float),
               np.where(valid, dy[np.maximum(lab, 0)], 0).astype(float), np.zeros(N))
     final = tf.compose(tuple(par), cshift)
     used = use & valid
-    acc = Accumulator(n, lab, used, K, averager, ctf=ctf, workers=workers)
+    acc = Accumulator(job.n, lab, used, m.K, averager, ctf=job.ctf, workers=job.workers)
     for rows, (X, _) in passes.blocks():
         keep_ = used[rows]
         rows, X = rows[keep_], X[keep_]
-        acc.add(rows, tf.transform(X, *(f[rows] for f in final), workers=workers), final[0][rows], final[3][rows])
+        acc.add(rows, tf.transform(X, *(f[rows] for f in final), workers=job.workers), final[0][rows], final[3][rows])
     passes.close()
     avgs, halves = acc.finish(return_halves=True)
+    return avgs, halves, final, used
+
+
+def _result(m: _Members, avgs, halves, final, used, score, qual, qual_sigma, apix, *,
+            ctf_corrected: bool) -> ClassAverages:
+    """:class:`ClassAverages` of the non-empty classes: the averages (K, n, n) float32 with their
+    half-set FSC and resolution (:func:`r2d.fsc.fsc_resolution`; NaN with an empty half), the
+    final transforms and scores (N,) float64, ``used`` (N,) bool, ``qual``/``qual_sigma`` (K,)."""
+    lab, K, counts = m.lab, m.K, m.counts
+    n = avgs.shape[-1]
     fsc = halves.fsc()
     resolution = fsc_resolution(fsc, n, apix)
     resolution[halves.count.min(axis=0) < 1] = np.nan
@@ -719,7 +783,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
         alpha=final[0], tx=final[1], ty=final[2], mirror=final[3], score=score,
         ptcl_repr=ptcl_repr[nonempty], qual=qual[nonempty], qual_sigma=qual_sigma[nonempty],
         n_excluded=(counts - ptcl_repr)[nonempty], mean_score=mean_score[nonempty], fsc=fsc[nonempty],
-        resolution=resolution[nonempty], ctf_corrected=ctf is not None,
+        resolution=resolution[nonempty], ctf_corrected=ctf_corrected,
     )
 
 
