@@ -169,23 +169,53 @@ def kmeans(X: np.ndarray, k: int, *, seed: int, minchange: int = -1, fastseed: b
     xx = np.einsum("ij,ij->i", X, X)
 
     step = k // 25 + 1 if (not fastseed and k > 25) else k
-    kc = step
     if plusplus:
-        centers = X[_plusplus_seeds(X, xx, kc, rng)].copy()
+        seeds = X[_plusplus_seeds(X, xx, step, rng)].copy()
     else:
-        centers = X[rng.integers(0, N, size=kc)].copy()
-    # per-centre state, permuted together with the centres by RESORT
-    alive = np.ones(kc, dtype=bool)            # False = empty centre waiting for a reseed
-    worst = np.full(kc, -1, dtype=np.int64)    # worst contributing member of each class
-    spread = np.zeros(kc)                      # sum of squared distances of the contributors
-    okc = np.full(N, _CREDIT, dtype=np.int64)  # is_ok_center credit
-    labels = np.zeros(N, dtype=np.int64)
+        seeds = X[rng.integers(0, N, size=step)].copy()
+    state = _State(X, seeds, rng, plusplus, mininclass)
+    n_iter, nchanged = _iterate(state, xx, k, step, maxiter, minchange)
+    centers = _final_centers(state, n_iter)
+    labels, centers = _drop_small_classes(X, xx, state.labels, centers, mininclass)
+    labels, centers = _renumber(X, labels, centers)
+    return KMeansResult(labels=labels.astype(np.int32), centers=centers, n_iter=n_iter, n_changed_last=nchanged)
 
-    def random_point() -> int:
-        good = np.flatnonzero(okc > 0)
-        return int(good[rng.integers(0, good.size)]) if good.size else int(rng.integers(0, N))
 
-    def reseed() -> None:
+class _State:
+    """The k-means state between iterations, for ``X`` (N, d) float64.
+
+    Per centre, permuted together by RESORT: ``centers`` (kc, d) float64, ``alive`` (kc,) bool
+    (False = empty centre waiting for a reseed), ``worst`` (kc,) int64 (worst contributing member
+    of each class, −1 = none), ``spread`` (kc,) float64 (sum of squared distances of the
+    contributors). Per point: ``okc`` (N,) int64 (``is_ok_center`` credit), ``labels`` (N,) int64.
+    """
+
+    def __init__(self, X: np.ndarray, centers: np.ndarray, rng: np.random.Generator, plusplus: bool,
+                 mininclass: int):
+        self.X, self.rng, self.plusplus, self.mininclass = X, rng, plusplus, mininclass
+        kc, N = centers.shape[0], X.shape[0]
+        self.centers = centers
+        self.alive = np.ones(kc, dtype=bool)
+        self.worst = np.full(kc, -1, dtype=np.int64)
+        self.spread = np.zeros(kc)
+        self.okc = np.full(N, _CREDIT, dtype=np.int64)
+        self.labels = np.zeros(N, dtype=np.int64)
+
+    @property
+    def kc(self) -> int:
+        """Centres so far (``k`` once incremental seeding is done)."""
+        return self.centers.shape[0]
+
+    def random_point(self) -> int:
+        """A uniformly drawn point with credit left (any point when none has)."""
+        good = np.flatnonzero(self.okc > 0)
+        return int(good[self.rng.integers(0, good.size)]) if good.size else int(self.rng.integers(0, self.X.shape[0]))
+
+    def reseed(self) -> None:
+        """Every empty centre becomes a copy of the worst member of a class (the broadest with
+        k-means++, a uniformly drawn one with ``eman2``; each worst member used once), else of a
+        random point."""
+        alive, worst, spread, plusplus = self.alive, self.worst, self.spread, self.plusplus
         if plusplus:
             w = np.where(alive & (worst >= 0), spread, -1.0)
         for j in np.flatnonzero(~alive):
@@ -193,69 +223,102 @@ def kmeans(X: np.ndarray, k: int, *, seed: int, minchange: int = -1, fastseed: b
                 q = int(np.argmax(w))
                 q = q if w[q] > 0 else -1
             else:
-                q = int(rng.integers(0, kc))
+                q = int(self.rng.integers(0, self.kc))
             if q >= 0 and alive[q] and worst[q] >= 0:
                 src = int(worst[q])
                 worst[q] = -1                  # use each worst member once
                 if plusplus:
                     w[q] = -1.0
             else:
-                src = random_point()
-            centers[j] = X[src]
+                src = self.random_point()
+            self.centers[j] = self.X[src]
             alive[j] = True
             worst[j] = -1
             spread[j] = 0.0
 
-    def update_centers(dist: np.ndarray) -> None:
+    def update_centers(self, dist: np.ndarray) -> None:
+        """UPDATE_CENTERS from the current labels and squared distances ``dist`` (N,) float64:
+        member means of the contributors (points with credit), each class's spread and worst
+        member; classes with fewer than ``mininclass`` contributors cost their members a credit,
+        are emptied and reseeded."""
+        X, labels, okc, kc = self.X, self.labels, self.okc, self.kc
         w = (okc > 0).astype(np.float64)
         sums, repr_ = _class_sums(X, labels, w, kc)
-        small = repr_ < mininclass
+        small = repr_ < self.mininclass
         good = ~small
-        centers[good] = sums[good] / repr_[good, None]
-        spread[:] = np.bincount(labels, weights=dist * w, minlength=kc)
+        self.centers[good] = sums[good] / repr_[good, None]
+        self.spread[:] = np.bincount(labels, weights=dist * w, minlength=kc)
         # worst contributing member per class: last of each label block sorted by (label, dist)
-        worst[:] = -1
+        self.worst[:] = -1
         contrib = np.flatnonzero(w > 0)
         if contrib.size:
             o = contrib[np.lexsort((dist[contrib], labels[contrib]))]
             lab = labels[o]
             last = np.r_[lab[1:] != lab[:-1], True]
-            worst[lab[last]] = o[last]
+            self.worst[lab[last]] = o[last]
         if small.any():
             okc[small[labels]] -= 1            # intended is_ok_center behaviour
-            alive[small] = False
-            worst[small] = -1
-            reseed()
+            self.alive[small] = False
+            self.worst[small] = -1
+            self.reseed()
 
+    def step(self, xx: np.ndarray) -> int:
+        """One iteration: RESORT (centres and their state permuted), assign every point
+        (``xx`` (N,) its squared norms), UPDATE_CENTERS. Returns the points that changed class."""
+        perm = _resort(self.centers)           # RESORT: permute centres and their state
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(self.kc)
+        self.centers, self.worst, self.alive, self.spread = (self.centers[perm], self.worst[perm],
+                                                             self.alive[perm], self.spread[perm])
+        old = inv[self.labels]
+        self.labels, dist = _assign(self.X, xx, self.centers)
+        nchanged = int(np.count_nonzero(self.labels != old))
+        self.update_centers(dist)
+        return nchanged
+
+    def grow(self, add: int) -> None:
+        """Incremental seeding: ``add`` more centres, seeded as empty ones."""
+        self.centers = np.vstack([self.centers, np.zeros((add, self.X.shape[1]))])
+        self.alive = np.r_[self.alive, np.zeros(add, dtype=bool)]
+        self.worst = np.r_[self.worst, np.full(add, -1, dtype=np.int64)]
+        self.spread = np.r_[self.spread, np.zeros(add)]
+        self.reseed()
+
+
+def _iterate(state: _State, xx: np.ndarray, k: int, step: int, maxiter: int, minchange: int) -> tuple[int, int]:
+    """The main loop: at most ``maxiter`` iterations (:meth:`_State.step`), ``step`` more centres
+    every third one until there are ``k``; stops when fewer than ``minchange`` points changed
+    class with all ``k`` centres. Returns the iterations run and the last one's changes."""
     n_iter = 0
     nchanged = 0
     for it in range(maxiter):
         n_iter = it + 1
-        perm = _resort(centers)                # RESORT: permute centres and their state
-        inv = np.empty_like(perm)
-        inv[perm] = np.arange(kc)
-        centers, worst, alive, spread = centers[perm], worst[perm], alive[perm], spread[perm]
-        old = inv[labels]
-        labels, dist = _assign(X, xx, centers)
-        nchanged = int(np.count_nonzero(labels != old))
-        update_centers(dist)
-        if nchanged < minchange and kc == k:
+        nchanged = state.step(xx)
+        if nchanged < minchange and state.kc == k:
             break
-        if step < k and it % 3 == 2 and kc < k:  # incremental seeding
-            add = min(step, k - kc)
-            centers = np.vstack([centers, np.zeros((add, X.shape[1]))])
-            alive = np.r_[alive, np.zeros(add, dtype=bool)]
-            worst = np.r_[worst, np.full(add, -1, dtype=np.int64)]
-            spread = np.r_[spread, np.zeros(add)]
-            kc += add
-            reseed()
+        if step < k and it % 3 == 2 and state.kc < k:  # incremental seeding
+            state.grow(min(step, k - state.kc))
+    return n_iter, nchanged
 
-    # final UPDATE_CENTERS without reseeding, then relabel / drop small classes / renumber
+
+def _final_centers(state: _State, n_iter: int) -> np.ndarray:
+    """The last UPDATE_CENTERS without reseeding (after at least one iteration): member means
+    (k', d) float64 of the classes with at least ``mininclass`` contributors (the current
+    centres when none has)."""
+    centers = state.centers
     if n_iter:
-        sums, repr_ = _class_sums(X, labels, (okc > 0).astype(np.float64), kc)
-        keep = repr_ >= mininclass
+        sums, repr_ = _class_sums(state.X, state.labels, (state.okc > 0).astype(np.float64), state.kc)
+        keep = repr_ >= state.mininclass
         if keep.any():
             centers = sums[keep] / repr_[keep, None]
+    return centers
+
+
+def _drop_small_classes(X: np.ndarray, xx: np.ndarray, labels: np.ndarray, centers: np.ndarray,
+                        mininclass: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every point relabelled to its nearest centre, centres with fewer than ``mininclass``
+    members dropped, repeated until stable (or only small ones are left). Returns ``labels``
+    (N,) int64 and ``centers`` (k', d) float64."""
     for _ in range(centers.shape[0]):
         labels, _d = _assign(X, xx, centers)
         counts = np.bincount(labels, minlength=centers.shape[0])
@@ -263,10 +326,15 @@ def kmeans(X: np.ndarray, k: int, *, seed: int, minchange: int = -1, fastseed: b
         if not small.any() or small.all():
             break
         centers = centers[~small]
+    return labels, centers
+
+
+def _renumber(X: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classes renumbered ``0..k'-1`` in centre order without empty ones; returns ``labels``
+    (N,) int64 and the member means (k', d) float64."""
     counts = np.bincount(labels, minlength=centers.shape[0])
     newid = np.cumsum(counts > 0) - 1
     labels = newid[labels]
     kf = int(np.count_nonzero(counts))
-    sums, cnt = _class_sums(X, labels, np.ones(N), kf)
-    return KMeansResult(labels=labels.astype(np.int32), centers=sums / cnt[:, None],
-                        n_iter=n_iter, n_changed_last=nchanged)
+    sums, cnt = _class_sums(X, labels, np.ones(X.shape[0]), kf)
+    return labels, sums / cnt[:, None]
