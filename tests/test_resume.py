@@ -90,7 +90,7 @@ r2d.io.atomic_write = r2d.io.atomic.atomic_write = atomic_write  # the package's
 cmd = next(a for a in sys.argv[1:] if not a.startswith("-"))
 r2d.cli.COMMANDS = {{cmd: r2d.cli.COMMANDS[cmd]}}
 if cmd == "simmx":
-    import r2d.commands.simmx as simmx
+    import r2d.simmx as simmx  # the library module the command calls, which calls align
 
     step = Path(sys.argv[sys.argv.index("-o") + 1]).parent.name  # simmx_01 (or mra_01: same command)
     _align = simmx.align
