@@ -23,14 +23,10 @@ from r2d import transforms as tf
 from r2d.export import (export_run, load_result, pose_from_relion, relion_pose, relion_tables,
                         cryosparc_table, write_cs)
 
-from conftest import TINY_APIX as APIX, TINY_N as N, build_tiny_run, run_snakemake
+from conftest import TINY_APIX as APIX, TINY_N as N
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
-
-# test_select.py imports these from here (the fixtures `smk` and `tiny_run` give the same)
-smk = run_snakemake
-tiny_run = build_tiny_run
 
 
 def ncc(a, b):

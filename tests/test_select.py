@@ -9,15 +9,14 @@ import starfile
 from r2d import cli, io
 from r2d.errors import UserError
 from r2d.select import contrast, parse_classes, score_classes, score_outliers, select_classes
-from test_export import N, tiny_run
-from conftest import REPO, blob_image
+from conftest import REPO, TINY_N as N, blob_image
 
 REPO_CONFIG = REPO / "config" / "config.yaml"
 
 
 @pytest.fixture(scope="module")
-def run_wd(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
+def run_wd(tiny_run):
+    return tiny_run
 
 
 def classes_of(run_wd):
@@ -108,14 +107,12 @@ def test_score_outliers():
 
 @pytest.mark.slow
 @pytest.mark.workflow
-def test_auto_selection_on_a_junk_dataset(tmp_path):
+def test_auto_selection_on_a_junk_dataset(tmp_path, smk):
     """Acceptance (about 10 min on 2 cores): 1,000 simulated particles with 10 % junk (noise or
     random blobs), the whole workflow, then `r2d select --auto` keeps >= 95 % of the good
     particles and drops >= 70 % of the junk."""
     import pandas as pd
     import yaml
-
-    from test_export import smk
 
     assert cli.main(["simulate", "--phantom", "--n", "1000", "--box", "64", "--apix", "5", "--snr", "0.1",
                      "--shift", "3", "--ctf", "flip", "--defocus", "10000", "30000", "--junk", "0.1",
