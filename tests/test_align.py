@@ -19,7 +19,7 @@ def _angle_err(a, b):
 
 
 def test_rotation_direction_matches_eman2():
-    """alpha = 90 moves a feature at (+r, 0) to (0, -r) (algorithm.md §4)."""
+    """alpha = 90 moves a feature at (+r, 0) to (0, -r) (docs/algorithm.md §4)."""
     img = blob_image(N64, [(10, 0, 1.5, 1)])
     out = tf.transform(img[None], 90, 0, 0, 0)[0]
     y, x = np.unravel_index(np.argmax(out), out.shape)

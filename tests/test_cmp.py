@@ -1,4 +1,4 @@
-"""Comparators against their definitions (algorithm.md §3.13), lower is better."""
+"""Comparators against their definitions (docs/algorithm.md §3.13), lower is better."""
 
 import numpy as np
 

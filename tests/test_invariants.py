@@ -110,7 +110,7 @@ def test_batching_does_not_change_results():
 
 
 def reference_footprint(f):
-    """Literal, unvectorised transcription of algorithm.md §3.2 for one image (n = 64)."""
+    """Literal, unvectorised transcription of docs/algorithm.md §3.2 for one image (n = 64)."""
     n = f.shape[0]
     P, Q, L = 112, 96, 100
     cs = (P - n) // 2

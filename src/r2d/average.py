@@ -1,4 +1,4 @@
-"""Iterative class averaging, as ``e2classaverage.py`` does it (algorithm.md §3.8, §3.9, §3.11).
+"""Iterative class averaging, as ``e2classaverage.py`` does it (docs/algorithm.md §3.8, §3.9, §3.11).
 
 All classes are processed together: every alignment pass is one pairwise call of the
 alignment engine (particle i against the reference of its class), and averages are sums
@@ -264,7 +264,7 @@ def average(images: np.ndarray, label: np.ndarray, use: np.ndarray, K: int, aver
             return_halves: bool = False):
     """Average ``images[i]`` (N, n, n) with ``use[i]`` into class ``label[i]``: ``(K, n, n)`` float32.
 
-    Averagers (EMAN2 names, algorithm.md §3.8; empty classes give zero images):
+    Averagers (EMAN2 names, docs/algorithm.md §3.8; empty classes give zero images):
 
     * ``mean``: pixel mean. ``median``: pixel median.
     * ``ctf.weight``: Wiener-style CTF correction ``IFFT(Σ c_i F_i / (Σ CTF_i² + 0.1))``
@@ -408,7 +408,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                    block: int | None = None, local: bool = True, prior=None,
                    n_classes: int | None = None) -> ClassAverages:
     """Class averages of ``particles`` (N, n, n) for the classes in ``label`` (N,) int
-    (−1 = in no class), e2classaverage-style (algorithm.md §3.11).
+    (−1 = in no class), e2classaverage-style (docs/algorithm.md §3.11).
 
     ``particles`` is an array or anything indexable by an array of rows with a ``shape``
     (e.g. :class:`r2d.io.ParticleRows`, which reads them from the stack): every pass goes

@@ -1,4 +1,4 @@
-"""Centring of class averages and references (algorithm.md §3.9): integer shifts that put each
+"""Centring of class averages and references (docs/algorithm.md §3.9): integer shifts that put each
 image's centre of density on the box centre (:func:`center_shift`; apply them with
 :func:`r2d.transforms.integer_shift`)."""
 
@@ -15,7 +15,7 @@ def center_shift(images: np.ndarray, mode: str = "xform.center") -> tuple[np.nda
 
     ``xform.center``: centre of mass of the image's density above its background — Gaussian
     low-pass (σ = n/32 px), minus the mean of the rim ``r ≥ n/2 − 4``, positive part, within
-    ``r < n/2 − 2``. algorithm.md §5.2 allows any robust centre-of-mass method in place of
+    ``r < n/2 − 2``. docs/algorithm.md §5.2 allows any robust centre-of-mass method in place of
     EMAN2's silhouette procedure (§3.9). A version of that procedure (the value-weighted
     centre of the brightest 10 % of a squared high-pass) put noise-free 70S projections 7.6 px
     (median; up to 15 px at 64 px) off their centre, each view by a different amount, so class

@@ -1,4 +1,4 @@
-"""EMAN2 comparators (algorithm.md §3.13), vectorised over image pairs.
+"""EMAN2 comparators (docs/algorithm.md §3.13), vectorised over image pairs.
 
 ``compare(this, to, option)`` compares ``this[i]`` with ``to[i]`` (both ``(N, n, n)``) and
 returns ``(N,)`` float64 values in **EMAN2's sign convention: lower is more similar**

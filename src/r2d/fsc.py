@@ -1,4 +1,5 @@
-"""Fourier shell (ring) correlation of 2-D half-set sums and the resolution it gives (algorithm.md §3.11)."""
+"""Fourier shell (ring) correlation of 2-D half-set sums and the resolution it gives
+(docs/algorithm.md §3.11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rotation/translation/mirror-invariant particle features (algorithm.md §3.2).
+"""Rotation/translation/mirror-invariant particle features (docs/algorithm.md §3.2).
 
 Mirrors EMAN2's ``EMData::make_footprint(0)`` (the "EMAN1 rotational footprint") as used by
 ``e2proc2d.py --fp=0`` in e2refine2d's initial stage. Everything is vectorised over a stack:
@@ -177,7 +177,7 @@ def _footprint_batch(f: np.ndarray, p: _Plan, workers: int) -> np.ndarray:
 
 
 def footprint(images: np.ndarray, *, workers: int = 1, batch: int = 256) -> np.ndarray:
-    """EMAN1 rotational footprint ``make_footprint(0)`` of every image (algorithm.md §3.2).
+    """EMAN1 rotational footprint ``make_footprint(0)`` of every image (docs/algorithm.md §3.2).
 
     ``images``: ``(N, n, n)`` (any real dtype; even ``n >= 24``). Returns ``(N, R-6, L/2)``
     float32 (``footprint_shape(n)``; n=64 -> 36x50): rows = radius 8 .. r2-3, columns = angular

@@ -1,4 +1,4 @@
-"""k-means as in EMAN2's ``e2classifykmeans.py`` + C++ ``KMeansAnalyzer`` (algorithm.md §3.6).
+"""k-means as in EMAN2's ``e2classifykmeans.py`` + C++ ``KMeansAnalyzer`` (docs/algorithm.md §3.6).
 
 Squared Euclidean distance, seeds copied from random points, incremental ("slow") seeding for
 ``k > 25``, RESORT of the centres before every assignment, small classes emptied and reseeded,
@@ -6,7 +6,7 @@ the ``minchange`` stop rule and ``maxiter = 16 floor(log2 k)``. Distances are co
 BLAS (``|x|^2 - 2 x.c + |c|^2``) for all points at once; the only Python loops run over
 iterations and over centres.
 
-Deliberate differences from the C++ source (allowed by algorithm.md §5.2: seeding and random
+Deliberate differences from the C++ source (allowed by docs/algorithm.md §5.2: seeding and random
 number generation are free; the behaviour of §5.1 item 4 is kept):
 
 * Seeding (``seeding="kmeans++"``, the default): seeds are still copies of randomly drawn

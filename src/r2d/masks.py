@@ -1,4 +1,5 @@
-"""Automatic masks (EMAN2 ``mask.auto2d``, algorithm.md §3.9), vectorised over a stack where possible."""
+"""Automatic masks (EMAN2 ``mask.auto2d``, docs/algorithm.md §3.9), vectorised over a stack
+where possible."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MSA: PCA basis (``e2msa.py --normalize --nbasis=B``, algorithm.md §3.4) and projection
+"""MSA: PCA basis (``e2msa.py --normalize --nbasis=B``, docs/algorithm.md §3.4) and projection
 onto it (``e2basis.py project/projectrot``, §3.5).
 
 Vectors are flattened images, one per row. Both steps are plain BLAS/LAPACK work (one SVD,

@@ -1,4 +1,5 @@
-"""Reference preparation for an iteration: ``allrefs_YY`` and ``aliref_YY`` (algorithm.md §1.3 steps 1–6, §3.12).
+"""Reference preparation for an iteration: ``allrefs_YY`` and ``aliref_YY``
+(docs/algorithm.md §1.3 steps 1–6, §3.12).
 
 * :func:`contrast_lowres` — EMAN2's ``calccont`` score (``eval_contrast_lowres``).
 * :func:`preprocess` — 2-px Gaussian high-pass and ``normalize.circlemean:radius=-5``.

@@ -1,4 +1,4 @@
-"""The similarity matrix (step 7, EMAN2's ``e2simmx.py``; algorithm.md §3.7, §3.10): every
+"""The similarity matrix (step 7, EMAN2's ``e2simmx.py``; docs/algorithm.md §3.7, §3.10): every
 particle aligned to every reference and scored.
 
 The matrices, each ``(N, A)`` float32 (row = particle, column = reference): ``score`` (the

@@ -1,4 +1,4 @@
-"""Image transforms, filters, masks and normalisations on stacks (algorithm.md §3.1, §4).
+"""Image transforms, filters, masks and normalisations on stacks (docs/algorithm.md §3.1, §4).
 
 Stacks are ``(N, n, n)`` float arrays, ``a[y, x]``, centre ``c = n // 2``.
 

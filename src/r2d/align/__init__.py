@@ -1,4 +1,4 @@
-"""The alignment engine: rotation + translation + mirror search, vectorised (algorithm.md §3.7).
+"""The alignment engine: rotation + translation + mirror search, vectorised (docs/algorithm.md §3.7).
 
 Every function here finds, for particle ``i`` and reference ``j``, the MTR transform ``T``
 (see :mod:`r2d.transforms`) with ``T(particle_i) ≈ reference_j``: **the particle is brought

@@ -40,7 +40,8 @@ class Alignment:
 
 
 def tree_reach(n: int, maxshift: float) -> float:
-    """Translation range (px) that EMAN2's ``rotate_translate_tree`` actually searches (algorithm.md §3.7.5).
+    """Translation range (px) that EMAN2's ``rotate_translate_tree`` actually searches
+    (docs/algorithm.md §3.7.5).
 
     Coarse level ``ss = 32``: ``maxshift // 32`` coarse pixels of ``n/32`` px each; every finer
     level ``ss = 64, 128, … ≤ n`` adds ±4 of its pixels (``n/ss`` px). n=64, maxshift=21 → 4;
@@ -60,7 +61,7 @@ def default_maxshift(opt: Option | None, n: int) -> float:
     """Searched translation bound (px) of an aligner option.
 
     ``maxshift < 0`` → EMAN2's defaults (``n/4``; tree ``3n/8``). r2d honours ``maxshift`` as a
-    true bound ``|t| ≤ maxshift`` (algorithm.md §5.2). Limiting the tree aligner to EMAN2's
+    true bound ``|t| ≤ maxshift`` (docs/algorithm.md §5.2). Limiting the tree aligner to EMAN2's
     effective range (:func:`tree_reach`, ±4 px at 64 px) was measured on the 70S benchmark and
     made the classification worse (k-means: view error 45–48° instead of 36–38°; one round of
     multi-reference assignment from the initial classes: 39–40° instead of 28–29° with ±12 px):

@@ -1,7 +1,7 @@
 """Rotational/translational/mirror invariants of the particles (step 0b, artifact ``input_fp``).
 
 Writes an HDF5 matrix file with datasets ``fp`` (N', rows, cols) float32 (EMAN1 rotational
-footprints, algorithm.md §3.2) and ``particle`` (N',) int64, the input index of each row.
+footprints, docs/algorithm.md §3.2) and ``particle`` (N',) int64, the input index of each row.
 If the input has more than ``nmax = max(2000, 10·ncls)`` particles, every s-th particle is
 used (s = N // nmax), as e2refine2d does; excluded particles are left out.
 
