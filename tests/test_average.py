@@ -16,7 +16,9 @@ import pytest
 
 from r2d import transforms as tf
 from r2d.align import align
-from r2d.average import average, class_averages, fsc_resolution, half_index
+from r2d.average import class_averages
+from r2d.fsc import fsc_resolution
+from r2d.averagers import average, half_index
 from r2d.cmp import frc_curve
 from r2d.ctf import ParticleCTF
 
@@ -418,7 +420,7 @@ def test_centering_finds_the_particle_centre(projector):
     """``xform.center`` on 200 projections from random views, shifted by known whole pixels
     (±6 px): the shift it returns undoes the known one to within 1.5 px (median) and 4 px (all),
     noise-free and at SNR 1. (The map's own centre of mass is about 1 px off its box centre.)"""
-    from r2d.average import center_shift
+    from r2d.centering import center_shift
     from r2d.simulate import random_rotations
 
     rng = np.random.default_rng(21)

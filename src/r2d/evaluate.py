@@ -83,7 +83,7 @@ def average_resolution(averages, projections, apix: float, *, threshold: float =
     empty (all-zero) averages give NaN.
     """
     from r2d.align import search
-    from r2d.average import fsc_resolution
+    from r2d.fsc import fsc_resolution
     from r2d.cmp import frc_curve
     from r2d import transforms as tf
 
