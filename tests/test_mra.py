@@ -85,3 +85,57 @@ def test_classify_command_with_mra_needs_no_projection_file(tmp_path, capsys):
     assert cli(["classify", "-o", str(tmp_path / "d.h5"), "--ncls", "3"]) == 2
     assert "give the projection file" in capsys.readouterr().err
     assert not (tmp_path / "d.h5").exists()
+
+
+def _noisy_average(signal, n, sigma, rng):
+    """Mean of ``n`` noisy copies of ``signal`` and the FSC of its even/odd half sets."""
+    from r2d.fsc import ring_fsc
+
+    copies = signal[None] + rng.normal(0, sigma, (n,) + signal.shape)
+    even, odd = copies[0::2].mean(0), copies[1::2].mean(0)
+    fsc = ring_fsc(np.fft.rfft2(even)[None], np.fft.rfft2(odd)[None])[0]
+    return copies.mean(0), fsc
+
+
+def test_reliability_is_the_correlation_an_average_keeps():
+    """``reliability`` from the half-set FSC predicts how much an average's own noise lowers its
+    correlation with the noise-free signal (averages of 4 to 400 copies: within 0.1, in the
+    right order; from a few copies the half-set FSC is noisy and the estimate a little high)."""
+    from r2d.mra import reliability
+
+    rng = np.random.default_rng(7)
+    signal = tf.gaussian_mask(64, 12, 4) * blob_image(64, [(5, 3, 4, 1), (-8, 6, 3, 0.7), (2, -10, 5, 0.8)])
+    signal = np.fft.irfft2(np.fft.rfft2(signal) * (tf.ring_index(64) < 16), s=(64, 64))  # signal in rings < n/4
+    est = []
+    for n in (4, 20, 100, 400):
+        avg, fsc = _noisy_average(signal, n, 3 * signal.std(), rng)
+        kept = np.corrcoef(avg.ravel(), signal.ravel())[0, 1]
+        est.append(reliability(avg[None], [fsc])[0])
+        assert abs(est[-1] - kept) < 0.1, n
+    assert np.all(np.diff(est) > 0)
+
+
+def test_reliability_stops_a_clean_average_from_pulling_in_its_neighbours():
+    """Two similar views; view A's average is made of 200 particles, view B's of 6. By plain
+    best match almost all B particles go to A's cleaner average; corrected by ``reliability``
+    (the ``mrareliability`` default) most go to B (the noise-free B would take them all), and
+    A's particles stay with A."""
+    from r2d.cmp import compare
+    from r2d.mra import reliability
+
+    rng = np.random.default_rng(3)
+    a = blob_image(64, [(0, 0, 8, 1), (10, 10, 3, 1), (-9, 4, 3, 0.6)])
+    b = blob_image(64, [(0, 0, 8, 1), (10, -10, 3, 1), (-9, -4, 3, 0.6)])   # two blobs moved
+    sigma = 3 * a.std()
+    avg_a, fsc_a = _noisy_average(a, 200, sigma, rng)
+    avg_b, fsc_b = _noisy_average(b, 6, sigma, rng)
+    refs = np.stack([avg_a, avg_b]).astype(np.float32)
+    truth = np.repeat([0, 1], 300)
+    parts = (np.stack([a, b])[truth] + rng.normal(0, sigma, (600, 64, 64))).astype(np.float32)
+    score = np.stack([compare(parts, np.repeat(r[None], 600, 0), "ccc") for r in refs], axis=1)
+    plain = assign(score)
+    fixed = assign(score, reliability=reliability(refs, [fsc_a, fsc_b]))
+    assert np.mean(plain[truth == 1] == 1) < 0.2
+    assert np.mean(fixed[truth == 1] == 1) >= 0.7
+    assert np.mean(fixed[truth == 0] == 0) >= 0.95
+    assert np.mean(fixed == truth) > np.mean(plain == truth) + 0.3

@@ -11,19 +11,51 @@ similarity matrix, otherwise the alignment and comparator options of ``simmx_YY`
 multi-reference alignment, as in SPIDER/RELION hard assignment. Class averaging then starts
 from these transforms (``classprior``, ``r2d average --prior``) instead of a bootstrap, which
 saves the bootstrap's work and keeps each member near the pose it was classified with.
+
+Hard best-match assignment favours the classes with the least noisy averages: a particle's
+correlation with an average ``S_j + N_j`` is its correlation with the signal ``S_j`` times
+``√R_j``, ``R_j = var S_j / (var S_j + var N_j)``, so at low SNR a large class pulls in the
+particles of its neighbours and small classes empty. With ``reliability`` (``mrareliability``)
+each correlation is divided by ``√R_j``, estimated from the average's half-set FSC
+(:func:`reliability`), which removes that pull.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["assign"]
+__all__ = ["assign", "reliability"]
+
+def reliability(averages: np.ndarray, fsc_half) -> np.ndarray:
+    """``√R_j`` ``(K,)`` float64 for class averages ``(K, n, n)`` with half-set FSC curves
+    ``fsc_half[j]`` (rings ``0 … n/2``, as in the class headers): per ring the signal fraction
+    of the full average ``2F/(1+F)`` (Spearman–Brown: a half set holds twice the noise
+    variance; clipped to [0, 1]), weighted by the average's power in that ring (rings
+    ``1 … n/2``), so ``R_j`` is the fraction of the average's variance that is signal and
+    ``√R_j`` the factor by which its noise lowers a particle's expected correlation with it."""
+    avg = np.asarray(averages, dtype=np.float64)
+    K, n = avg.shape[0], avg.shape[-1]
+    ring = np.rint(np.hypot(*np.meshgrid(np.fft.rfftfreq(n) * n, np.fft.fftfreq(n) * n))).astype(np.int64)
+    nr = n // 2 + 1
+    power = np.abs(np.fft.rfft2(avg)) ** 2
+    sel = (ring >= 1) & (ring < nr)
+    out = np.empty(K)
+    for j in range(K):
+        f = np.clip(np.asarray(fsc_half[j], dtype=np.float64)[:nr], -0.99, 1.0)
+        r = 2 * f / (1 + f)
+        p = np.bincount(ring[sel], weights=power[j][sel], minlength=nr)
+        tot = p.sum()
+        out[j] = np.sqrt(np.clip((r * p).sum() / tot, 0.0025, 1.0)) if tot > 0 else 1.0
+    return out
 
 
-def assign(score: np.ndarray, valid: np.ndarray | None = None, *, mininclass: int = 2) -> np.ndarray:
+def assign(score: np.ndarray, valid: np.ndarray | None = None, *, mininclass: int = 2,
+           reliability: np.ndarray | None = None) -> np.ndarray:
     """Class labels ``(N,)`` int64 from a score matrix ``(N, K)`` (lower = better).
 
-    Each particle goes to its lowest-score column. Rows where ``valid`` is False get −1.
+    Each particle goes to its lowest-score column; with ``reliability`` ``(K,)`` (scores that
+    are negated correlations, as ``ccc``) to its lowest ``score / reliability``. Rows where
+    ``valid`` is False get −1.
     Classes left with fewer than ``mininclass`` members are refilled (deterministically)
     with the worst-fitting particles (highest best score) of the classes that can spare them
     (more than ``2·mininclass`` members), so every one of the ``K`` classes keeps members, as
@@ -33,6 +65,8 @@ def assign(score: np.ndarray, valid: np.ndarray | None = None, *, mininclass: in
     N, K = score.shape
     valid = np.ones(N, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     s = np.where(np.isfinite(score), score, np.inf)
+    if reliability is not None:
+        s = s / np.asarray(reliability, dtype=np.float64)[None, :]
     label = np.where(valid, np.argmin(s, axis=1), -1).astype(np.int64)
     best = np.where(valid, s[np.arange(N), np.maximum(label, 0)], -np.inf)
     counts = np.bincount(label[label >= 0], minlength=K)

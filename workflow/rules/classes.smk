@@ -1,5 +1,12 @@
 """Iteration YY, steps 9-10 (e2refine2d §1.3), wildcard {it}: classmx_YY and classes_YY."""
 
+# mrareliability (classify mra, simcmp ccc): classmx_YY also reads the references of mra_YY,
+# whose half-set FSC sets how much each average's own noise lowers its correlations
+MRA_RELIABILITY = (
+    config["classify"] == "mra"
+    and config["mrareliability"]
+    and options.parse(config["simcmp"], "comparator").name == "ccc"
+)
 
 # classify mra: classmx_YY needs mra_YY only; simmx_YY and input_YY_proj (steps 7-8, which
 # k-means classifies) are still made, beside class averaging (final_outputs asks for them)
@@ -7,6 +14,7 @@ rule classmx:
     input:
         proj=art("input_{it}_proj.h5") if config["classify"] == "kmeans" else [],
         mra=art("mra_{it}.h5") if config["classify"] == "mra" else [],
+        refs=prev_classes if MRA_RELIABILITY else [],
         exclude=exclude_input,
     output:
         ensure(art("classmx_{it}.h5"), non_empty=True),
@@ -28,9 +36,11 @@ rule classmx:
         seed=seed_of_iteration,
         exclude=exclude_arg(),
         mra=mra_arg,
+        reliability=reliability_arg,
     shell:
         "r2d classify {input.proj} -o {output} --ncls {params.ncls} --minchange {params.minchange}"
-        " {params.fastseed} --seed {params.seed} {params.exclude} {params.mra} > {log} 2>&1"
+        " {params.fastseed} --seed {params.seed} {params.exclude} {params.mra} {params.reliability}"
+        " > {log} 2>&1"
 
 
 rule classes_chunk:

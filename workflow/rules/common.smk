@@ -82,6 +82,11 @@ def mra_arg(wildcards, input):
     return f"--mra {input.mra}" if input.mra else ""
 
 
+def reliability_arg(wildcards, input):
+    """`r2d classify --reliability` with the references of mra_YY (MRA_RELIABILITY), else nothing."""
+    return f"--reliability {input.refs}" if input.refs else ""
+
+
 def run_folder(wildcards, input):
     """The run folder of `r2d montage --summary` and `r2d export`: that of the job's class averages."""
     classes = input.classes

@@ -23,7 +23,7 @@ from r2d.commands._common import add_exclude, add_seed
 from r2d.io import read_exclude
 from r2d.errors import InputError
 from r2d.kmeans import kmeans
-from r2d.mra import assign
+from r2d.mra import assign, reliability
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ def add_args(p):
     p.add_argument("--fastseed", action="store_true", help="seed all classes at once (only matters for ncls > 25)")
     p.add_argument("--mininclass", type=int, default=2, help="reseed classes smaller than this")
     p.add_argument("--mra", default=None, help="mra_YY.h5: assign each particle to its best-scoring column")
+    p.add_argument("--reliability", default=None, metavar="CLASSES.hdf",
+                   help="with --mra (scores of ccc): divide each column's correlations by the noise "
+                        "attenuation of its class average, from the half-set FSC in these averages' "
+                        "headers (the references of mra_YY)")
     add_seed(p)
     add_exclude(p)
 
@@ -78,7 +82,20 @@ def _main_mra(args, mx, use):
     """Each particle to its best-scoring column of ``mx`` (mra_YY; excluded and bad particles
     have no finite score there)."""
     particle = mx["particle"]
-    label = assign(mx["score"], use & np.isfinite(mx["score"]).any(axis=1), mininclass=args.mininclass)
+    rel = None
+    if args.reliability:
+        heads = io.read_image_headers(args.reliability)
+        if len(heads) != mx["score"].shape[1]:
+            raise InputError(f"{args.reliability}: {len(heads)} images, but {args.mra} has "
+                             f"{mx['score'].shape[1]} columns; give the references of that mra file")
+        if all("fsc_half" in h for h in heads):
+            rel = reliability(io.read_image_stack(args.reliability), [h["fsc_half"] for h in heads])
+            log.info("reference reliability sqrt(R) %.2f-%.2f (median %.2f)", rel.min(), rel.max(), np.median(rel))
+        else:
+            log.warning("%s: no half-set FSC in the headers (not r2d class averages?); scores used as they are",
+                        args.reliability)
+    label = assign(mx["score"], use & np.isfinite(mx["score"]).any(axis=1), mininclass=args.mininclass,
+                   reliability=rel)
     rows = np.flatnonzero(label >= 0)
     out = {"class": label.astype(np.int32), "weight": (label >= 0).astype(np.float32), "particle": particle}
     # 1 where the transform is a real alignment to the assigned class (not for particles moved
