@@ -89,7 +89,7 @@ def _main_mra(args, mx, use):
             raise InputError(f"{args.reliability}: {len(heads)} images, but {args.mra} has "
                              f"{mx['score'].shape[1]} columns; give the references of that mra file")
         if all("fsc_half" in h for h in heads):
-            rel = reliability(io.read_image_stack(args.reliability), [h["fsc_half"] for h in heads])
+            rel = reliability([h["fsc_half"] for h in heads])
             log.info("reference reliability sqrt(R) %.2f-%.2f (median %.2f)", rel.min(), rel.max(), np.median(rel))
         else:
             log.warning("%s: no half-set FSC in the headers (not r2d class averages?); scores used as they are",
