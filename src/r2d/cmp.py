@@ -24,7 +24,6 @@ import numpy as np
 import scipy.fft as sfft
 
 from r2d.options import Option, parse
-from r2d.transforms import freq_radius
 
 
 def _flat(a):
@@ -160,12 +159,6 @@ def _radial_mean(F, nbins, power):
 
 
 def frc_curve(this, to, *, workers=1):
-    """Fourier ring correlation per ring ``r = round(|k|)``, ``r = 0 … n/2``: ``(N, n/2+1)``, and
-    the ring counts (:func:`_frc_rings`: each coefficient of the half plane once, as EMAN2)."""
-    return _frc_rings(this, to, workers=workers)
-
-
-def _frc_rings(this, to, workers=1):
     """EMAN2's Fourier ring correlation (``calc_fourier_shell_correlation``, ring width 1):
     every coefficient of the half plane once (column ``kx = 0`` for ``ky ≥ 0`` only), ring
     ``round(|k|)`` for ``0 … n/2``. Returns ``(curve (N, n/2+1), counts (N, n/2+1))`` with
@@ -198,7 +191,7 @@ def _frc_rings(this, to, workers=1):
 
 def frc(this, to, *, apix=1.0, ptcl_repr=None, sweight=1, nweight=0, minres=200.0, maxres=8.0,
         ampweight=0, snrweight=0, zeromask=0, pmin=None, pmax=None):
-    """EMAN2's ``frc``: the negated weighted mean of the ring correlation (:func:`_frc_rings`)
+    """EMAN2's ``frc``: the negated weighted mean of the ring correlation (:func:`frc_curve`)
     over rings ``0 … n/2-1``, weights = ring count (``sweight``) × radial mean amplitude of
     ``this`` (``ampweight``) × soft band between ``minres`` and ``maxres`` Å (or rings
     ``pmin``/``pmax``). ``nweight=1`` rescales by the ``ptcl_repr`` of ``to`` (where > 0):
@@ -206,7 +199,7 @@ def frc(this, to, *, apix=1.0, ptcl_repr=None, sweight=1, nweight=0, minres=200.
     either image are zeroed in both first. NaN (no weight) → 2."""
     if zeromask:
         this, to = _zero_masked(this, to)
-    curve, counts = _frc_rings(this, to)
+    curve, counts = frc_curve(this, to)
     n = np.asarray(this).shape[-1]
     h = n // 2
     w = np.broadcast_to(_band_weight(n, apix, minres, maxres, pmin, pmax, rings=h)[None, :], (len(curve), h))

@@ -127,7 +127,6 @@ def select_alirefs(allrefs: np.ndarray, contrast: np.ndarray, ptcl_repr: np.ndar
     order and align them as a nearest-neighbour chain scored with ``optvariance`` both ways.
     Returns ``(aliref images (A, n, n), their indices into allrefs)``.
     """
-    K = len(allrefs)
     order = np.argsort(-np.asarray(contrast), kind="stable")
     ncheck = max(ncls // 3, naliref + 2)
     cand = list(order[:ncheck])

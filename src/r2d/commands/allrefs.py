@@ -11,8 +11,6 @@ order. Headers keep the class-average fields and add ``eval_contrast_lowres``,
 
 from __future__ import annotations
 
-import numpy as np
-
 from r2d import io, refs
 from r2d.commands._common import add_threads
 
