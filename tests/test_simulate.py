@@ -13,6 +13,7 @@ from r2d import simulate as sim
 from r2d.cli import main as cli
 from r2d.ctf import ctf_2d
 from r2d.phantom import phantom_volume
+from r2d.transforms import fourier_crop
 
 
 def ncc(a, b):
@@ -313,8 +314,10 @@ def test_cli_simulate_errors(tmp_path, capsys):
     ph = tmp_path / "ph.mrc"
     cli(["phantom", "-o", str(ph), "--box", "32", "--apix", "10"])
     base = ["simulate", "--n", "4", "--box", "32"]
-    assert cli(base + ["--map", str(ph), "--apix", "5", "-o", str(tmp_path / "a")]) == 2
+    assert cli(base + ["--map", str(ph), "--map-apix", "5", "-o", str(tmp_path / "a")]) == 2
     assert "differs from the voxel size" in capsys.readouterr().err
+    assert cli(base + ["--map", str(ph), "--map-apix", "0", "-o", str(tmp_path / "a")]) == 2
+    assert "--map-apix 0" in capsys.readouterr().err
     assert cli(["simulate", "--phantom", "--box", "31", "--n", "4", "-o", str(tmp_path / "b")]) == 2
     assert cli(base + ["--map", str(tmp_path / "missing.mrc"), "--apix", "5", "-o", str(tmp_path / "c")]) == 2
     assert cli(base + ["--map", str(ph), "--junk", "0.2", "--junk-kinds", "noise,ice", "-o", str(tmp_path / "j")]) == 2
@@ -328,6 +331,161 @@ def test_cli_simulate_errors(tmp_path, capsys):
     assert cli(["simulate", "--n", "2"] + nopix) == 2
     assert "no voxel size; give the pixel size" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+
+
+# ----------------------------------------------------------------------------- other pixel sizes
+def brute_projection_at(vol, a, box, ratio):
+    """``brute_projection`` sampled on a grid of ``1/ratio`` voxels per pixel."""
+    m = vol.shape[0]
+    t = (np.arange(box) - box // 2) / ratio
+    z = np.arange(-m, m + 0.25, 0.5)
+    y, x, z = np.meshgrid(t, t, z, indexing="ij")
+    r = np.stack([x, y, z], -1) @ a
+    coords = np.stack([r[..., 2], r[..., 1], r[..., 0]]) + m // 2
+    vals = ndimage.map_coordinates(vol.astype(np.float64), coords.reshape(3, -1), order=3)
+    return vals.reshape(x.shape).sum(-1) * 0.5
+
+
+@pytest.fixture(scope="module")
+def smooth_phantom():
+    return ndimage.gaussian_filter(phantom_volume(32, 10.0).astype(np.float64), 1.0)
+
+
+@pytest.mark.parametrize("apix", [3.7, 2.5, 13.0])
+def test_resampled_projection_matches_real_space(smooth_phantom, apix):
+    """A 10 Å map imaged at 3.7, 2.5 (finer: Fourier padding) or 13 Å/px (coarser: Fourier
+    cropping) is its real-space projection sampled at that pixel, on the same value scale."""
+    ratio = 10.0 / apix
+    box = int(2 * round(340 / apix / 2))
+    truth = sim.draw_truth(3, 5)
+    imgs = sim.render(smooth_phantom, truth, box, apix, map_pixel_size=10.0)
+    assert imgs.shape == (3, box, box) and imgs.dtype == np.float32
+    for a, img in zip(sim.truth_rotations(truth), imgs):
+        ref = brute_projection_at(smooth_phantom, a, box, ratio)
+        assert rel_diff(ref, img) < 0.003
+        assert img.sum() == pytest.approx(ref.sum(), rel=1e-3)
+        if apix < 10:  # control: the map-pixel projection is not it
+            assert rel_diff(brute_projection_at(smooth_phantom, a, box, 1.0), img) > 0.3
+
+
+def test_fourier_padding_matches_the_coarse_simulation():
+    """Simulated at 2.5 Å/px, 128 px from a 5 Å map and Fourier-cropped back to 64 px, the
+    clean images (shift, raw CTF, envelope) are the 64 px / 5 Å ones of the same truth."""
+    vol = phantom_volume(64, 5.0)
+    truth = sim.draw_truth(6, 4, shift_max=3, ctf="full", defocus=(8000, 25000))
+    kw = dict(ctf="full", bfactor=100.0)
+    coarse = sim.render(vol, truth, 64, 5.0, **kw)
+    fine_truth = truth.copy()
+    fine_truth[["shift_x", "shift_y"]] *= 2  # target pixels
+    fine = sim.render(vol, fine_truth, 128, 2.5, map_pixel_size=5.0, **kw)
+    back = fourier_crop(fine, 64)
+    for c, b in zip(coarse, back):
+        assert rel_diff(c, b) < 1e-3
+    # no signal beyond the map's Nyquist (0.1/Å: ring 32 of 128 px at 2.5 Å)
+    f = np.abs(np.fft.fft2(fine)) ** 2
+    ring = np.hypot(*np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128))) * 128
+    assert f[:, ring > 36].sum() < 1e-3 * f[:, ring < 28].sum()
+    # control: shifts left in map pixels are visibly wrong
+    wrong = fourier_crop(sim.render(vol, truth, 128, 2.5, map_pixel_size=5.0, **kw), 64)
+    assert max(rel_diff(c, w) for c, w in zip(coarse, wrong)) > 0.1
+
+
+def test_fourier_cropped_target():
+    """A coarser target (10 Å/px from a 5 Å map) is the 5 Å image Fourier-cropped."""
+    vol = phantom_volume(64, 5.0)
+    truth = sim.draw_truth(4, 6, shift_max=2, ctf="flip", defocus=(10000, 20000))
+    coarse = sim.render(vol, truth, 64, 5.0, ctf="flip")
+    half = truth.copy()
+    half[["shift_x", "shift_y"]] /= 2
+    got = sim.render(vol, half, 32, 10.0, map_pixel_size=5.0, ctf="flip")
+    for want, g in zip(fourier_crop(coarse, 32), got):
+        assert rel_diff(want, g) < 0.005
+
+
+def test_fine_grid_centre_of_mass_follows_the_shift():
+    """At 3.5 Å/px from a 14 Å map, the projection's centre of mass is ``ratio`` x the map-pixel
+    one, and moves by the truth shift in target pixels."""
+    vol = phantom_volume(32, 14.0)
+    truth = sim.draw_truth(3, 4)
+    coarse = sim.render(vol, truth, 32, 14.0)
+    base = sim.render(vol, truth, 128, 3.5, map_pixel_size=14.0)
+    moved_truth = truth.copy()
+    moved_truth[["shift_x", "shift_y"]] = [[5.3, -7.6], [-12.25, 3.5], [0.4, 9.9]]
+    moved = sim.render(vol, moved_truth, 128, 3.5, map_pixel_size=14.0)
+    for c, b, m, s in zip(coarse, base, moved, moved_truth[["shift_x", "shift_y"]].to_numpy()):
+        com_c = np.array(ndimage.center_of_mass(c))[::-1] - 16
+        com_b = np.array(ndimage.center_of_mass(b))[::-1] - 64
+        com_m = np.array(ndimage.center_of_mass(m))[::-1] - 64
+        np.testing.assert_allclose(com_b, 4 * com_c, atol=0.1)
+        np.testing.assert_allclose(com_m - com_b, s, atol=0.05)
+
+
+def test_fine_grid_ctf_at_the_target_pixel():
+    """The CTF zeros land where ``ctf_2d`` puts them at the target pixel size and box: the image
+    is the uncorrected one times ``ctf_2d(box, 2.5)``, not ``ctf_2d(box, 5.0)`` (the map's)."""
+    box, apix = 128, 2.5
+    g = np.exp(-((np.arange(32) - 16) ** 2) / (2 * 0.7**2))
+    vol = g[:, None, None] * g[None, :, None] * g[None, None, :]  # power up to the map's Nyquist
+    truth = sim.draw_truth(3, 9, ctf="full", defocus=(15000, 25000))
+    plain = sim.render(vol, truth, box, apix, map_pixel_size=5.0)
+    got = sim.render(vol, truth, box, apix, map_pixel_size=5.0, ctf="full")
+    ft = np.fft.rfft2(np.fft.ifftshift(plain, axes=(-2, -1)))
+    for p, wrong in ((apix, False), (5.0, True)):
+        c = ctf_2d(box, p, truth.defocus_u, truth.defocus_v, truth.defocus_angle, rfft=True)
+        want = np.fft.fftshift(np.fft.irfft2(ft * c, s=(box, box)), axes=(-2, -1))
+        scores = [ncc(w, h) for w, h in zip(want, got)]
+        assert (max(scores) < 0.9) if wrong else (min(scores) > 0.999)
+
+
+def test_resampled_junk_batches_and_identity(small_phantom, monkeypatch):
+    """Finer target: every junk kind is made, the images do not depend on the batch (nor on
+    the memory cap that shrinks it), and an equal map pixel size changes no bit."""
+    t = sim.draw_truth(40, 11, shift_max=4, ctf="full", junk_fraction=0.5, junk_kinds=sim.JUNK_KINDS)
+    kw = dict(map_pixel_size=10.0, ctf="full", bfactor=50.0, seed=2)
+    imgs = sim.render(small_phantom, t, 96, 4.0, **kw)
+    kinds = t["junk_kind"].to_numpy()
+    assert np.all(imgs[kinds == "noise"] == 0)
+    assert np.all(imgs[kinds != "noise"].std(axis=(1, 2)) > 0)
+    np.testing.assert_array_equal(sim.render(small_phantom, t, 96, 4.0, batch=7, **kw), imgs)
+    monkeypatch.setattr(sim, "BATCH_BYTES", 1)  # one image at a time
+    np.testing.assert_array_equal(sim.render(small_phantom, t, 96, 4.0, **kw), imgs)
+    monkeypatch.undo()
+    same = sim.render(small_phantom, t, 32, 10.0, seed=2, ctf="full")
+    np.testing.assert_array_equal(sim.render(small_phantom, t, 32, 10.0, seed=2, ctf="full",
+                                             map_pixel_size=10.0), same)
+
+
+def test_cli_simulate_finer_pixel(tmp_path):
+    """``--map-apix 10 --apix 2.5``: a headerless 10 Å map imaged at 2.5 Å/px; the stack and
+    STAR carry 2.5 Å, the clean images are ``render(..., map_pixel_size=10)``, and the SNR is
+    measured in the disc of ``--snr-disc`` x box target pixels."""
+    vol = phantom_volume(32, 10.0)
+    with mrcfile.new(tmp_path / "nopix.mrc") as m:
+        m.set_data(vol)
+    out = tmp_path / "sim"
+    args = ["simulate", "--map", str(tmp_path / "nopix.mrc"), "--map-apix", "10", "--apix", "2.5",
+            "--n", "40", "--box", "128", "--snr", "0.1", "--snr-disc", "0.4", "--shift", "6",
+            "--ctf", "full", "--defocus", "8000", "25000", "--bfactor", "100", "--junk", "0.1",
+            "--seed", "3", "--write-clean", "-o", str(out)]
+    assert cli(args) == 0
+    with mrcfile.open(out / "particles.mrcs") as m:
+        stack = m.data.copy()
+        assert stack.shape == (40, 128, 128) and float(m.voxel_size.x) == pytest.approx(2.5)
+    clean = mrcfile.read(out / "clean.mrcs")
+    truth = pd.read_csv(out / "truth.tsv", sep="\t")
+    assert truth[["shift_x", "shift_y"]].abs().max().max() > 3  # target pixels, up to 6
+    star = starfile.read(out / "particles.star", always_dict=True)
+    assert star["optics"].loc[0, "rlnImagePixelSize"] == pytest.approx(2.5)
+    assert star["optics"].loc[0, "rlnImageSize"] == 128
+    want = sim.render(vol, truth, 128, 2.5, map_pixel_size=10.0, ctf="full", bfactor=100.0, seed=3)
+    np.testing.assert_allclose(clean, want, atol=1e-6 * np.abs(want).max())
+    yy, xx = np.mgrid[:128, :128] - 64
+    disc = xx**2 + yy**2 <= (0.4 * 128) ** 2
+    signal = clean[~truth["junk"].to_numpy(dtype=bool)][:, disc].var(axis=1).mean()
+    assert (stack - clean).var() == pytest.approx(signal / 0.1, rel=0.02)
+    # without --map-apix, a headerless map needs the pixel size
+    assert cli(args[:3] + args[5:7] + ["--n", "2", "--box", "32", "-o", str(tmp_path / "x")]) == 0
+    assert cli(args[:3] + ["--n", "2", "--box", "32", "-o", str(tmp_path / "y")]) == 2
 
 
 # ----------------------------------------------------------------------------- realistic sets

@@ -21,6 +21,17 @@ B-spline interpolation of the real and imaginary parts (periodic; accurate to ~1
 real-space projection, where trilinear interpolation is off by 1-7 % towards the box edge),
 band-limited to Nyquist, shifted (phase ramp) and CTF-filtered on the padded ``M x M`` grid (as
 on a micrograph: no wrap-around inside the box), inverse transformed and cropped to ``box``.
+
+Images at another pixel size than the map's (``render(..., map_pixel_size=...)``, "Fourier
+padding"): the central slice is sampled at the target image's frequencies ``j / (N * apix)``
+on a padded target grid ``N = 2 * max(box, ceil(m * r))`` (``r = map_pixel_size / apix``),
+which is the map-pixel projection's spectrum placed into the big target spectrum: zero beyond
+the map's Nyquist circle (finer target, ``r > 1``) or cut at the target's Nyquist circle
+(coarser target, Fourier cropping). Coefficients are scaled by ``r**2`` so that pixel values
+keep the map-pixel projection's scale. Shift (target px), CTF and envelope (at ``apix``) and
+junk are then made on the ``N x N`` target grid, as for ``r = 1``; for particles only on the
+block of the spectrum inside the map's Nyquist (:func:`band_block`), the rest being zero. The
+volume is padded to at least ``2 m`` and to the target's field of view ``N / r``.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from r2d.ctf import ctf_2d
+from r2d.ctf import ctf_2d, ctf_from_freqs
 
 __all__ = [
     "euler_to_matrix",
@@ -44,6 +55,8 @@ __all__ = [
     "draw_truth",
     "truth_rotations",
     "render",
+    "target_grid",
+    "band_block",
     "simulate",
     "signal_variance",
     "add_noise",
@@ -139,6 +152,15 @@ def _n_threads() -> int:
         return max(1, min(8, os.cpu_count() or 1))
 
 
+def band_block(size: int, ratio: float) -> tuple[np.ndarray, int]:
+    """Rows (int array) and number of leading columns of a ``size x size`` rfft2 grid that hold
+    the frequencies inside the map's Nyquist circle (``ratio`` = map voxel / target pixel;
+    the whole grid when ``ratio <= 1``)."""
+    h = size // 2 if ratio <= 1 else min(size // 2, int(np.ceil(size / (2 * ratio))))
+    rows = np.arange(size) if 2 * h >= size else np.r_[0:h + 1, size - h:size]
+    return rows, h + 1
+
+
 class Projector:
     """Fourier-slice projector of one cubic volume ``(m, m, m)``; build once, project often.
 
@@ -164,21 +186,47 @@ class Projector:
         # cubic B-spline coefficients of the (periodic) transform, real and imaginary parts
         self._re = ndimage.spline_filter(f3.real, order=3, mode="grid-wrap", output=np.float32)
         self._im = ndimage.spline_filter(f3.imag, order=3, mode="grid-wrap", output=np.float32)
-        ky = np.fft.fftfreq(big) * big
-        kx = np.fft.rfftfreq(big) * big
-        self._kx, self._ky = np.meshgrid(kx, ky)  # (M, M//2+1), rfft2 layout
-        self._inside = (self._kx**2 + self._ky**2) < (big / 2) ** 2
-        self._kx_in = self._kx[self._inside]
-        self._ky_in = self._ky[self._inside]
+        self._grids: dict = {}
 
-    def slices(self, rotations) -> np.ndarray:
-        """Central slices for ``(B, 3, 3)`` rotations: ``(B, M, M//2 + 1)`` complex128, ``rfft2``
-        layout, origin (image centre) at index 0; zero beyond Nyquist."""
+    def _grid(self, size: int, ratio: float, band: bool):
+        """Sample points of a ``size x size`` target grid (rfft2 layout) whose pixel is ``1/ratio``
+        map voxels: ``(kx, ky)`` in units of this volume's ``M``-grid and the bool mask of the
+        points inside both Nyquist circles, on the whole grid or (``band``) on the block
+        :func:`band_rows` x ``band_cols`` around the origin that holds them."""
+        key = (int(size), float(ratio), bool(band))
+        if key not in self._grids:
+            ky = np.fft.fftfreq(size) * size
+            kx = np.fft.rfftfreq(size) * size
+            if band:
+                rows, cols = band_block(size, ratio)
+                ky, kx = ky[rows], kx[:cols]
+            kx, ky = np.meshgrid(kx, ky)  # (size, size//2+1), rfft2 layout (or the band block)
+            radius = size / 2 * min(1.0, 1.0 / ratio)  # the map's Nyquist or the target's
+            inside = (kx**2 + ky**2) < radius**2
+            scale = self.size * ratio / size  # M-grid index per target-grid index (1 when size = M)
+            self._grids[key] = (kx[inside] * scale, ky[inside] * scale, inside)
+        return self._grids[key]
+
+    def slices(self, rotations, size: int | None = None, ratio: float = 1.0,
+               band: bool = False) -> np.ndarray:
+        """Central slices for ``(B, 3, 3)`` rotations: ``(B, size, size//2 + 1)`` complex128,
+        ``rfft2`` layout, origin (image centre) at index 0; zero beyond Nyquist.
+
+        ``size`` (default ``M``) and ``ratio`` (map voxel / target pixel, default 1) give the
+        target grid: its frequency ``j / size`` (cycles per target px) is sampled at the map's
+        ``j * ratio / size``, zero beyond the map's (or, ``ratio < 1``, the target's) Nyquist
+        circle, times ``ratio**2`` (pixel values on the map-pixel projection's scale). With
+        ``band``: only the block of rows and columns :func:`band_block` (all that is not zero),
+        ``(B, len(rows), cols)``.
+        """
+        size = self.size if size is None else int(size)
+        ratio = float(ratio)
+        kx_in, ky_in, inside = self._grid(size, ratio, band)
         a = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
         c = self.size // 2
         # k3 = A.T @ (kx, ky, 0) = kx * A[0] + ky * A[1]; array axes are (z, y, x)
-        k3 = (self._kx_in[None, :, None] * a[:, None, 0, :]
-              + self._ky_in[None, :, None] * a[:, None, 1, :])  # (B, P, 3) as (x, y, z)
+        k3 = (kx_in[None, :, None] * a[:, None, 0, :]
+              + ky_in[None, :, None] * a[:, None, 1, :])  # (B, P, 3) as (x, y, z)
         coords = np.stack([k3[..., 2], k3[..., 1], k3[..., 0]]).reshape(3, -1) + c
         vals = np.empty(coords.shape[1], dtype=np.complex64)
         chunks = np.array_split(np.arange(coords.shape[1]), _n_threads())
@@ -191,14 +239,18 @@ class Projector:
 
         with ThreadPoolExecutor(max_workers=_n_threads()) as pool:
             list(pool.map(lambda job: work(*job), [(p, i) for p in (0, 1) for i in chunks]))
-        out = np.zeros((a.shape[0],) + self._kx.shape, dtype=np.complex128)
-        out[:, self._inside] = vals.reshape(a.shape[0], -1)
+        out = np.zeros((a.shape[0],) + inside.shape, dtype=np.complex128)
+        out[:, inside] = vals.reshape(a.shape[0], -1)
+        if ratio != 1.0:
+            out *= ratio * ratio
         return out
 
     def to_images(self, slices, box: int) -> np.ndarray:
-        """Inverse-transform ``(B, M, M//2+1)`` slices; crop ``(B, box, box)`` float32 at the centre."""
-        full = np.fft.irfft2(slices, s=(self.size, self.size))
-        idx = (np.arange(box) - box // 2) % self.size
+        """Inverse-transform ``(B, S, S//2+1)`` slices (any even ``S``, e.g. ``M``); crop
+        ``(B, box, box)`` float32 at the centre."""
+        size = slices.shape[-2]
+        full = np.fft.irfft2(slices, s=(size, size))
+        idx = (np.arange(box) - box // 2) % size
         return full[:, idx][:, :, idx].astype(np.float32)
 
     def project(self, rotations, box: int, batch: int = 256) -> np.ndarray:
@@ -294,21 +346,25 @@ def particle_radius(volume, threshold: float = 0.1) -> float:
 
 
 class _Junk:
-    """Makes junk images on the projector's padded ``M x M`` grid (real space, centre at
-    ``M // 2``), each from its own generator ``default_rng([seed, 1, row])`` so an image does
-    not depend on the batch it is drawn in. ``scale`` is the standard deviation over the box of
-    a particle's projection (blobs and edges are scaled to it); ``radius`` the particle's (px)."""
+    """Makes junk images on the padded target grid ``(size, size)`` (real space, centre at
+    ``size // 2``; target pixels, ``ratio`` of them per map voxel), each from its own generator
+    ``default_rng([seed, 1, row])`` so an image does not depend on the batch it is drawn in.
+    ``scale`` is the standard deviation over the box of a particle's projection (blobs and
+    edges are scaled to it); ``radius`` the particle's (target px)."""
 
-    def __init__(self, proj: "Projector", box: int, scale: float, radius: float, seed: int):
+    def __init__(self, proj: "Projector", box: int, scale: float, radius: float, seed: int,
+                 size: int | None = None, ratio: float = 1.0):
         self.proj, self.box, self.scale, self.radius, self.seed = proj, box, scale, radius, seed
-        M = proj.size
+        M = proj.size if size is None else int(size)
+        self.size, self.ratio = M, ratio
         self.yy, self.xx = np.mgrid[:M, :M] - M // 2
         self.crop = slice(M // 2 - box // 2, M // 2 - box // 2 + box)
 
     def _views(self, rng, k: int) -> np.ndarray:
-        """``k`` projections ``(k, M, M)`` of random views, centred at ``M // 2``."""
+        """``k`` projections ``(k, size, size)`` of random views, centred at ``size // 2``."""
         rots, _ = random_rotations(k, rng)
-        return np.fft.fftshift(np.fft.irfft2(self.proj.slices(rots), s=(self.proj.size,) * 2), axes=(-2, -1))
+        ft = self.proj.slices(rots, self.size, self.ratio)
+        return np.fft.fftshift(np.fft.irfft2(ft, s=(self.size,) * 2), axes=(-2, -1))
 
     def image(self, kind: str, row: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, 1, int(row)])
@@ -340,12 +396,23 @@ class _Junk:
         raise ValueError(f"junk kind {kind!r}: choose from {', '.join(JUNK_KINDS)}")
 
 
+#: working memory of one batch in ``render`` (bytes, about): big boxes get smaller batches
+BATCH_BYTES = 256 << 20
+
+
+def target_grid(m: int, box: int, ratio: float = 1.0) -> int:
+    """Padded target grid ``N`` (even) for a map of ``m`` voxels imaged in ``box`` px with
+    ``ratio`` = map voxel / target pixel: ``2 * max(box, ceil(m * ratio))``."""
+    return 2 * max(int(box), int(np.ceil(m * ratio - 1e-9)))
+
+
 def render(
     volume,
     truth: pd.DataFrame,
     box: int,
     pixel_size: float,
     *,
+    map_pixel_size: float | None = None,
     ctf: str | None = None,
     voltage: float = 300.0,
     cs: float = 2.7,
@@ -356,17 +423,29 @@ def render(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Noise-free images ``(N, box, box)`` float32 for a truth table (``draw_truth``), written
-    into ``out`` when given (e.g. a memory-mapped MRC stack: then only one batch is in memory).
+    into ``out`` when given (e.g. a memory-mapped MRC stack: then only one batch is in memory;
+    batches shrink to about :data:`BATCH_BYTES` of working memory for big boxes).
 
-    Particle rows: projection, shift, then CTF (``ctf``: None, ``"flip"`` = multiply by |CTF|,
-    ``"full"`` = multiply by CTF) and the envelope ``exp(-bfactor·s²/4)`` (s in 1/Å), all on
-    the padded grid before cropping. Junk rows get their ``junk_kind`` (:data:`JUNK_KINDS`,
-    drawn from ``seed`` row by row) through the same shift, CTF and envelope. Same truth and
-    seed, same images, whatever the batch.
+    ``pixel_size`` (Å/px) is the images'; ``map_pixel_size`` (Å/voxel, default the same) the
+    volume's. When they differ, the projection is Fourier-padded (finer images: zero beyond the
+    map's Nyquist) or Fourier-cropped (coarser images) onto the padded target grid (module
+    docstring); shifts (truth, px) are target pixels. Particle rows: projection, shift, then
+    CTF (``ctf``: None, ``"flip"`` = multiply by |CTF|, ``"full"`` = multiply by CTF, at
+    ``pixel_size``) and the envelope ``exp(-bfactor·s²/4)`` (s in 1/Å), all on the padded
+    target grid before cropping. Junk rows get their ``junk_kind`` (:data:`JUNK_KINDS`, drawn
+    from ``seed`` row by row, made at the target grid) through the same shift, CTF and
+    envelope. Same truth and seed, same images, whatever the batch.
     """
     if ctf not in (None, "flip", "full"):
         raise ValueError(f"ctf must be None, 'flip' or 'full', not {ctf!r}")
+    if not pixel_size > 0 or (map_pixel_size is not None and not map_pixel_size > 0):
+        raise ValueError(f"pixel sizes must be > 0, got {pixel_size} and {map_pixel_size}")
     m = np.shape(volume)[0]
+    ratio = 1.0 if map_pixel_size is None else float(map_pixel_size) / float(pixel_size)
+    if abs(ratio - 1.0) >= 1e-9:
+        return _render_resampled(volume, truth, box, pixel_size, ratio, ctf=ctf, voltage=voltage,
+                                 cs=cs, amp_contrast=amp_contrast, bfactor=bfactor, seed=seed,
+                                 batch=batch, out=out)
     proj = Projector(volume, pad=2 * max(m, box))
     big = proj.size
     n = len(truth)
@@ -408,6 +487,81 @@ def render(
     return out
 
 
+def _render_resampled(volume, truth, box, pixel_size, ratio, *, ctf, voltage, cs, amp_contrast,
+                      bfactor, seed, batch, out) -> np.ndarray:
+    """``render`` when the images' pixel is ``1/ratio`` map voxels: on the padded target grid
+    ``big = target_grid(m, box, ratio)``. Particle rows are filtered on the block of the
+    spectrum that is not zero (:func:`band_block`) and inverse-transformed by rows, then
+    columns (only the ``box`` rows needed); junk rows on the whole grid."""
+    m = np.shape(volume)[0]
+    big = target_grid(m, box, ratio)
+    half = big // 2 + 1
+    # volume padded 2x, and at least to the target grid's field of view (no replica in it)
+    proj = Projector(volume, pad=max(2 * m, int(np.ceil(big / ratio - 1e-9))))
+    band_rows, band_cols = band_block(big, ratio)
+    n = len(truth)
+    rots = truth_rotations(truth)
+    junk = truth["junk"].to_numpy(dtype=bool)
+    shifts = truth[["shift_x", "shift_y"]].to_numpy(dtype=np.float64)
+    kinds = junk_kinds(truth)
+    # frequencies of the whole target grid: cycles/px (phase ramps), 1/Å (CTF), envelope
+    fy, fx = np.fft.fftfreq(big), np.fft.rfftfreq(big)
+    sy, sx = np.fft.fftfreq(big, d=pixel_size), np.fft.rfftfreq(big, d=pixel_size)
+    envelope = (np.exp(-bfactor * (fx[None, :] ** 2 + fy[:, None] ** 2) / (4 * pixel_size**2))
+                if bfactor else None)
+    idx = (np.arange(box) - box // 2) % big  # the box's rows/columns on the padded grid
+
+    def filtered(ft, sel, rr, cc):
+        """Shift, CTF and envelope on ``ft`` (B, len(rr), cc) for truth rows ``sel``, in place."""
+        ft *= np.exp(-2j * np.pi * fx[None, None, :cc] * shifts[sel, 0, None, None])
+        ft *= np.exp(-2j * np.pi * fy[None, rr, None] * shifts[sel, 1, None, None])
+        if ctf is not None:
+            t = truth.iloc[sel]
+            c = ctf_from_freqs(sx[None, :cc], sy[rr, None], t["defocus_u"].to_numpy(),
+                               t["defocus_v"].to_numpy(), t["defocus_angle"].to_numpy(),
+                               voltage=voltage, cs=cs, amp_contrast=amp_contrast, dtype=np.float32)
+            ft *= np.abs(c) if ctf == "flip" else c
+        if envelope is not None:
+            ft *= envelope[None][:, rr, :cc]
+        return ft
+
+    def to_box(ft, rr, cc):
+        """Inverse transform of the block ``ft`` (B, len(rr), cc) of the padded spectrum, cropped
+        to ``(B, box, box)`` float32: along y for the ``cc`` columns, keep the box's rows, then
+        along x."""
+        col = np.zeros((len(ft), big, cc), dtype=np.complex128)
+        col[:, rr] = ft
+        g = np.fft.ifft(col, axis=-2)[:, idx]
+        row = np.zeros((len(ft), box, half), dtype=np.complex128)
+        row[:, :, :cc] = g
+        return np.fft.irfft(row, n=big, axis=-1)[:, :, idx].astype(np.float32)
+
+    if junk.any():
+        one = proj.slices(np.eye(3)[None], big, ratio, band=True)
+        scale = float(to_box(one, band_rows, band_cols)[0].std())
+        maker = _Junk(proj, box, scale, particle_radius(volume) * ratio, seed, big, ratio)
+    # working memory per image: particle block, column and row transforms; a whole-grid junk image
+    per = 16 * (len(band_rows) * band_cols + big * band_cols + 2 * box * half) + 8 * box * big
+    batch = max(1, min(int(batch), BATCH_BYTES // per))
+    jbatch = max(1, BATCH_BYTES // (48 * big * half))
+    every = np.arange(big)
+    if out is None:
+        out = np.empty((n, box, box), dtype=np.float32)
+    for s in range(0, n, batch):
+        rows = np.arange(s, min(n, s + batch))
+        good = rows[~junk[rows]]
+        if len(good):
+            ft = proj.slices(rots[good], big, ratio, band=True)
+            out[good] = to_box(filtered(ft, good, band_rows, band_cols), band_rows, band_cols)
+        bad = rows[junk[rows]]
+        for j in range(0, len(bad), jbatch):  # junk has every frequency: the whole grid
+            sel = bad[j:j + jbatch]
+            imgs = np.stack([maker.image(kinds[r], r) for r in sel])
+            ft = np.fft.rfft2(np.fft.ifftshift(imgs, axes=(-2, -1)))
+            out[sel] = to_box(filtered(ft, sel, every, half), every, half)
+    return out
+
+
 def simulate(
     volume,
     n: int,
@@ -415,6 +569,7 @@ def simulate(
     pixel_size: float,
     *,
     snr: float,
+    map_pixel_size: float | None = None,
     snr_radius: float | None = None,
     shift_max: float = 0.0,
     ctf: str | None = None,
@@ -429,7 +584,8 @@ def simulate(
     junk_kinds=("noise", "blobs"),
     return_clean: bool = False,
 ):
-    """Simulate ``n`` noisy particle images of ``volume`` (cubic, ``pixel_size`` A/voxel).
+    """Simulate ``n`` noisy particle images of ``volume`` (cubic): ``box`` px of ``pixel_size``
+    Å, from a map of ``map_pixel_size`` Å/voxel (default ``pixel_size``; see :func:`render`).
 
     Returns ``(images (n, box, box) float32, truth DataFrame)`` (plus the noise-free images when
     ``return_clean``). White Gaussian noise has variance ``signal_variance / snr`` (see
@@ -442,8 +598,8 @@ def simulate(
     truth = draw_truth(n, np.random.default_rng([seed, 0]), shift_max=shift_max, ctf=ctf,
                        defocus=defocus, astigmatism=astigmatism, junk_fraction=junk_fraction,
                        junk_kinds=junk_kinds)
-    clean = render(volume, truth, box, pixel_size, ctf=ctf, voltage=voltage, cs=cs,
-                   amp_contrast=amp_contrast, bfactor=bfactor, seed=seed)
+    clean = render(volume, truth, box, pixel_size, map_pixel_size=map_pixel_size, ctf=ctf,
+                   voltage=voltage, cs=cs, amp_contrast=amp_contrast, bfactor=bfactor, seed=seed)
     images = clean.copy()
     add_noise(images, truth, snr, seed, radius=snr_radius)
     return (images, truth, clean) if return_clean else (images, truth)
@@ -454,12 +610,18 @@ def _disc(box: int, radius: float) -> np.ndarray:
     return (xx**2 + yy**2) <= radius**2
 
 
-def signal_variance(clean: np.ndarray, truth: pd.DataFrame, block: int = 4096,
+def _block(images, block: int | None) -> int:
+    """Images per block: ``block``, or (None) about 64 MB of float32 (4096 images of 64 px)."""
+    return int(block) if block else max(1, (64 << 20) // (4 * int(np.prod(images.shape[1:]))))
+
+
+def signal_variance(clean: np.ndarray, truth: pd.DataFrame, block: int | None = None,
                     radius: float | None = None) -> float:
     """Mean over the non-junk images (all images if every one is junk) of each noise-free
     image's variance over the box, or over the pixels within ``radius`` px of the centre (the
     particle's disc, where users and most simulators state an SNR), read ``block`` images at a
-    time."""
+    time (default: about 64 MB)."""
+    block = _block(clean, block)
     junk = truth["junk"].to_numpy(dtype=bool)
     rows = np.flatnonzero(~junk) if (~junk).any() else np.arange(len(clean))
     sel = None if radius is None else _disc(clean.shape[-1], radius)
@@ -472,12 +634,13 @@ def signal_variance(clean: np.ndarray, truth: pd.DataFrame, block: int = 4096,
     return float(var.mean())
 
 
-def add_noise(images: np.ndarray, truth: pd.DataFrame, snr: float, seed: int, block: int = 4096,
-              radius: float | None = None) -> None:
+def add_noise(images: np.ndarray, truth: pd.DataFrame, snr: float, seed: int,
+              block: int | None = None, radius: float | None = None) -> None:
     """Add white Gaussian noise of variance ``signal_variance(..., radius) / snr`` to noise-free
-    ``images`` in place (an array or a writable memory map), ``block`` images at a time; the
-    noise is ``default_rng([seed, 2]).standard_normal`` drawn in image order (the same numbers
-    for any ``block``)."""
+    ``images`` in place (an array or a writable memory map), ``block`` images at a time (default:
+    about 64 MB); the noise is ``default_rng([seed, 2]).standard_normal`` drawn in image order
+    (the same numbers for any ``block``)."""
+    block = _block(images, block)
     sigma = np.float32(np.sqrt(signal_variance(images, truth, block, radius) / snr))
     rng = np.random.default_rng([seed, 2])
     for lo in range(0, len(images), block):

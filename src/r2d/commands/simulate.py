@@ -27,6 +27,13 @@ Data as users meet it (raw CTF with astigmatism, SNR in the particle's disc, an 
 
     r2d simulate --map ribosome.mrc --n 2000 --box 64 --snr 0.1 --snr-disc 0.4 --ctf full \
         --defocus 8000 25000 --bfactor 100 --junk 0.25 --junk-kinds all -o sim
+
+At a real box and pixel size from a coarse map (``--apix`` finer than the map's ``--map-apix``:
+the projections are Fourier-padded, no signal beyond the map's Nyquist; shifts, ``--snr-disc``,
+CTF, envelope and junk at the target pixels; a coarser ``--apix`` Fourier-crops)::
+
+    r2d simulate --map ribosome.mrc --map-apix 5 --apix 1.25 --box 256 --n 4000 --snr 0.01 \
+        --snr-disc 0.4 --ctf full --defocus 8000 25000 --bfactor 100 --junk 0.05 -o sim
 """
 
 from __future__ import annotations
@@ -56,8 +63,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=2000, help="number of particles (default 2000)")
     parser.add_argument("--box", type=int, default=64, help="image box in px, even (default 64)")
     parser.add_argument("--apix", type=float, default=None,
-                        help="pixel size in Å; required when the map header has none, must match "
-                             "it otherwise (default: the header's; 5.0 for --phantom)")
+                        help="pixel size of the images in Å (default: the map's; 5.0 for --phantom); "
+                             "finer than the map's: the projections are Fourier-padded, coarser: "
+                             "Fourier-cropped")
+    parser.add_argument("--map-apix", type=float, default=None, metavar="APIX",
+                        help="pixel size of the map in Å; must match the header's when it has one "
+                             "(default: the header's, else --apix)")
     parser.add_argument("--snr", type=float, default=0.1,
                         help="signal variance / noise variance, over the box or with --snr-disc "
                              "inside the particle's disc (default 0.1)")
@@ -92,6 +103,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--box {args.box}: must be an even number of at least 8 px")
     if args.apix is not None and not args.apix > 0:
         raise ConfigError(f"--apix {args.apix}: must be a positive pixel size in Å")
+    if args.map_apix is not None and not args.map_apix > 0:
+        raise ConfigError(f"--map-apix {args.map_apix}: must be a positive pixel size in Å")
     if not args.snr > 0:
         raise ConfigError(f"--snr {args.snr}: must be > 0")
     if not 0 <= args.shift < args.box / 2:
@@ -114,6 +127,30 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--snr-disc {args.snr_disc}: the disc radius must be in (0, 0.5] x box")
     if args.bfactor < 0:
         raise ConfigError(f"--bfactor {args.bfactor}: must be >= 0 (Å^2)")
+
+
+def _volume(args: argparse.Namespace) -> tuple[np.ndarray, float, str]:
+    """``(volume (m, m, m) float32, its pixel size in Å, source name)``: the map with the pixel
+    size of ``--map-apix``, else its header's, else ``--apix``; or the phantom, built at
+    ``--map-apix`` (default ``--apix``, 5.0)."""
+    if args.phantom:
+        apix = 5.0 if args.apix is None else float(args.apix)
+        if args.map_apix is None or abs(args.map_apix - apix) <= 1e-3 * apix:
+            size = max(args.box, 2 * int(np.ceil(160.0 / apix)))  # whole ~300 Å particle, even
+            return phantom_volume(size, apix), apix, "phantom"
+        map_apix = float(args.map_apix)
+        return phantom_volume(2 * int(np.ceil(160.0 / map_apix)), map_apix), map_apix, "phantom"
+    if args.map_apix is not None:
+        vol, map_apix = read_map(args.map, args.map_apix)
+        return vol, map_apix, args.map
+    try:
+        vol, map_apix = read_map(args.map, None)
+    except ConfigError:  # the header has no voxel size: --apix is the map's (as before --map-apix)
+        if args.apix is None:
+            raise ConfigError(f"{args.map}: the header has no voxel size; give the pixel size of the "
+                              "map with --map-apix (or --apix when the images have the same)") from None
+        vol, map_apix = read_map(args.map, args.apix)
+    return vol, map_apix, args.map
 
 
 def _junk_kinds(args: argparse.Namespace) -> tuple[str, ...]:
@@ -151,13 +188,10 @@ def star_tables(truth: pd.DataFrame, stack_name: str, box: int, apix: float, ctf
 
 def main(args: argparse.Namespace) -> int:
     _check(args)
-    if args.phantom:
-        apix = 5.0 if args.apix is None else float(args.apix)
-        size = max(args.box, 2 * int(np.ceil(160.0 / apix)))  # whole ~300 Å particle, even
-        vol, source = phantom_volume(size, apix), "phantom"
-    else:
-        vol, apix = read_map(args.map, args.apix)
-        source = args.map
+    vol, map_apix, source = _volume(args)
+    apix = (5.0 if args.phantom else map_apix) if args.apix is None else float(args.apix)
+    if abs(apix - map_apix) <= 1e-3 * map_apix:
+        apix = map_apix  # the same pixel: projected as is (the map's value, as read_map allows)
     ctf = None if args.ctf == "none" else args.ctf
     t0 = time.perf_counter()
     # streamed into memory-mapped stacks: memory stays one batch of images, whatever --n
@@ -168,16 +202,18 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shape = (args.n, args.box, args.box)
     with new_mrcs(out / "particles.mrcs", shape, apix) as images:
-        render(vol, truth, args.box, apix, ctf=ctf, voltage=args.voltage, cs=args.cs,
-               amp_contrast=args.amp_contrast, bfactor=args.bfactor, seed=args.seed, out=images)
+        render(vol, truth, args.box, apix, map_pixel_size=map_apix, ctf=ctf, voltage=args.voltage,
+               cs=args.cs, amp_contrast=args.amp_contrast, bfactor=args.bfactor, seed=args.seed,
+               out=images)
         if args.write_clean:
+            step = max(1, (64 << 20) // (4 * args.box * args.box))  # about 64 MB at a time
             with new_mrcs(out / "clean.mrcs", shape, apix) as clean:
-                for lo in range(0, args.n, 4096):
-                    clean[lo:lo + 4096] = images[lo:lo + 4096]
+                for lo in range(0, args.n, step):
+                    clean[lo:lo + step] = images[lo:lo + step]
         add_noise(images, truth, args.snr, args.seed,
                   radius=None if args.snr_disc is None else args.snr_disc * args.box)
-    log.info("simulated %d images of %d px from %s in %.1f s", args.n, args.box, source,
-             time.perf_counter() - t0)
+    log.info("simulated %d images of %d px at %g Å/px from %s (%g Å/px) in %.1f s", args.n, args.box,
+             apix, source, map_apix, time.perf_counter() - t0)
     tables = star_tables(truth, "particles.mrcs", args.box, apix, ctf, args.voltage, args.cs,
                          args.amp_contrast)
     with atomic_write(out / "particles.star") as tmp:
