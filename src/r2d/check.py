@@ -30,6 +30,7 @@ from pathlib import Path
 
 from r2d.errors import ConfigError, InputError, UserError
 from r2d.options import check_config_options
+from r2d.working import working_geometry
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def check_config(config: dict, *, open_input: bool = True, defaulted=frozenset()
     """Check a (schema-validated, defaults filled) config; return facts about the input.
 
     Facts: ``n`` (particles), ``n_excluded``, ``n_used``, ``box``, ``apix`` (Å/px or None),
-    ``warnings`` (list of messages for problems r2d works around). With ``open_input=False``
+    ``working`` (:class:`r2d.working.Working`: the box and pixel size the steps run at), ``warnings`` (list of messages for problems r2d works around). With ``open_input=False``
     only the config values are checked. ``defaulted``: the keys whose value is the schema's
     default, not the user's; such a value may be adapted to the others (``nbasisfp``), in
     ``config`` itself, with a warning.
@@ -265,6 +266,8 @@ def check_config(config: dict, *, open_input: bool = True, defaulted=frozenset()
         warnings.extend(log_records.stop())
     n, box = len(stack), stack.box
     facts.update(n=n, box=box, apix=stack.pixel_size or config.get("apix"))
+    working = working_geometry(box, facts["apix"], config.get("maxres"), strict="maxres" not in defaulted)
+    facts["working"] = working
     excl = []
     if config.get("exclude"):
         _check_file_key("exclude", config["exclude"])
@@ -286,10 +289,11 @@ def check_config(config: dict, *, open_input: bool = True, defaulted=frozenset()
                           f"use a value below {box // 2} (or -1 for box//3)")
     shrink = config.get("shrink", 0)
     if shrink and shrink > 1:
-        m = int(2 * round(box / shrink / 2))
+        wbox = working.box
+        m = int(2 * round(wbox / shrink / 2))
         if m < MIN_SEARCH_BOX:
-            raise ConfigError(f"shrink: {shrink} reduces the {box} px box to {m} px for the simmx search; "
-                              f"use at most {box // MIN_SEARCH_BOX} (or 0 for no shrinking)")
+            raise ConfigError(f"shrink: {shrink} reduces the {wbox} px working box to {m} px for the simmx search; "
+                              f"use at most {wbox // MIN_SEARCH_BOX} (or 0 for no shrinking)")
     apix_cfg = config.get("apix")
     if stack.pixel_size is None and apix_cfg is None:
         warnings.append(f"input: {path} has no pixel size; assuming 1.0 Å/px where one is needed "
@@ -299,9 +303,11 @@ def check_config(config: dict, *, open_input: bool = True, defaulted=frozenset()
         warnings.append(f"apix: {apix_cfg} Å/px is ignored; the input {path} has {stack.pixel_size:g} Å/px "
                         "(set apix: null to silence this)")
     if init is not None:
-        if init.box != box:
+        if init.box != working.box:
             raise InputError(f"initial: {config['initial']} has {init.box} px images but the particles are "
-                             f"{box} px; give class averages of the same box size")
+                             f"{working.box} px" + (f" at the working resolution ({working.note})" if working.cropped
+                                                    else "") + "; give class averages of the same box size"
+                             + (" or set maxres: null" if working.cropped else ""))
         _fit_nbasisfp(config, defaulted, warnings, n_initial=len(init))
         need = max(config["naliref"], config["nbasisfp"])
         if len(init) < need:

@@ -30,6 +30,7 @@ COMMANDS = {
     "allrefs": "allrefs",
     "aliref": "aliref",
     "simmx": "simmx",
+    "fullsize": "fullsize",
     "gather": "gather",
     "check": "check",
     # engine on its own

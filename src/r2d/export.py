@@ -180,20 +180,23 @@ def load_result(run_dir, iteration: str | int | None = None, n: int | None = Non
     """Read iteration ``iteration`` (default: the last finished one) of a run folder.
 
     ``n`` is the number of input particles (default: 1 + the largest particle index seen).
-    ``iteration="init"`` reads ``classes_init`` / ``resultmx_init`` / ``classmx_00``.
+    ``iteration="init"`` reads ``classes_init`` / ``resultmx_init`` / ``classmx_00``;
+    ``"final"`` the full-size ``classes_final`` / ``resultmx_final`` of a run with a working
+    stack (shifts in input pixels) with the last iteration's ``classmx_YY``.
     """
     run_dir = Path(run_dir)
+    its = iterations(run_dir)
     if iteration is None:
-        its = iterations(run_dir)
         if not its:
             raise InputError(f"{run_dir}: no finished iteration (classes_YY.hdf with resultmx_YY.h5); "
                              "run the workflow first, or check the run folder")
         it = its[-1]
     else:
-        it = "init" if str(iteration) == "init" else f"{int(iteration):02d}"
+        it = str(iteration) if str(iteration) in ("init", "final") else f"{int(iteration):02d}"
     classes = run_dir / f"classes_{it}.hdf"
     resultmx = run_dir / f"resultmx_{it}.h5"
-    classmx = run_dir / ("classmx_00.h5" if it == "init" else f"classmx_{it}.h5")
+    last = its[-1] if its else "00"
+    classmx = run_dir / {"init": "classmx_00.h5", "final": f"classmx_{last}.h5"}.get(it, f"classmx_{it}.h5")
     for p in (classes, resultmx):
         if not p.exists():
             raise InputError(f"{p}: not found; is {run_dir} a finished r2d run folder?")

@@ -135,6 +135,29 @@ def _changed(prev: np.ndarray, cls: np.ndarray) -> int:
     return int(ok.sum() - M[r, c].sum())
 
 
+def _image_sizes(run_dir) -> dict:
+    """The ``images`` entry of :func:`run_summary` (empty without ``particles.h5``)."""
+    index = os.path.join(run_dir, "particles.h5")
+    if not os.path.exists(index):
+        return {}
+    a = io.read_matrix_attrs(index)
+
+    def num(key):
+        v = a.get(key)
+        return None if v is None or not np.isfinite(float(v)) else float(v)
+
+    box = io.open_stack(index).box
+    out = {"box": box, "pixel_size": num("pixel_size"), "input_box": int(a.get("input_box", box)),
+           "input_pixel_size": num("input_pixel_size"), "maxres": num("maxres")}
+    final = os.path.join(run_dir, "classes_final.hdf")
+    if os.path.exists(final):
+        heads = io.read_image_headers(final)
+        res = np.array([float(h.get("resolution", np.nan)) for h in heads])
+        out["final_box"] = int(io.read_image_stack(final).shape[-1])
+        out["final_median_resolution"] = float(np.nanmedian(res)) if np.isfinite(res).any() else None
+    return out
+
+
 def run_summary(run_dir) -> dict:
     """Per-iteration numbers of a run folder: ``iteration`` (0 = initial classes), ``classes``
     (non-empty), ``particles`` (classified), ``changed`` (particles that changed class since the
@@ -142,9 +165,15 @@ def run_summary(run_dir) -> dict:
     ``mean_score`` (mean classcmp score of the classified particles against their class
     average; lower is better), ``kept`` (particles in the averages), ``median_resolution``
     (Å, when the averages carry a ``resolution`` header); and ``final_classes``: per class of
-    the last iteration ``class`` (1-based), ``members``, ``kept``, ``resolution``."""
+    the last iteration ``class`` (1-based), ``members``, ``kept``, ``resolution``; ``images``:
+    the working box and pixel size the iterations ran at (``box``, ``pixel_size``) and the
+    input's (``input_box``, ``input_pixel_size``, ``maxres``; from ``particles.h5``), with
+    ``final_box`` and ``final_median_resolution`` of the full-size ``classes_final`` if any."""
     files = sorted(glob.glob(os.path.join(run_dir, "classmx_[0-9][0-9].h5")))
     out: dict = {"iterations": []}
+    images = _image_sizes(run_dir)
+    if images:
+        out["images"] = images
     prev = None
     for f in files:
         it = int(re.search(r"classmx_(\d\d)\.h5$", f).group(1))

@@ -59,7 +59,8 @@ class Cost:
     ``"subset"`` (the initial stage's subset, all held), ``"block"`` (at most
     ``image_block(box)``); ``cpu_s``: ``s``, CPU seconds per particle at 64 px (scales with
     box³); ``passes``: passes over the particles; ``subset``: works on the initial stage's
-    subset only.
+    subset only; ``class_images``: float32 images' worth held per class of the job (Fourier
+    half-set sums; the job's classes are ``ceil(ncls / chunks)`` when chunked).
     """
 
     tables_mb: float
@@ -68,6 +69,7 @@ class Cost:
     cpu_s: float
     passes: int = 1
     subset: bool = False
+    class_images: float = 0
 
 
 def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
@@ -86,22 +88,26 @@ def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
         "gather": Cost(0, 0.2, "all", 0.0002),  # score/shift rows: ~0.2 img per particle
         "input_proj": Cost(150, 7, "block", 0.002),
         "export": Cost(0, 1, "block", 0.001),
+        "index": Cost(0, 6, "block", 0.0005),  # input block, its FFTs, the working block
+        "fullsize": Cost(0, 10, "block", 0.0015, class_images=12),
     }
 
 
 @dataclass(frozen=True)
 class Job:
     """A rule's job: its :class:`Cost` kind; ``chunked``: one of ``chunks`` jobs of a step (its
-    share of the particles); ``threaded``: runs the config's ``threads`` threads."""
+    share of the particles); ``threaded``: runs the config's ``threads`` threads; ``full``: reads
+    the input at its own box (the others work on the working stack, :mod:`r2d.working`)."""
 
     kind: str
     chunked: bool = False
     threaded: bool = False
+    full: bool = False
 
 
 #: every rule of the workflow (the schema's ``resources`` keys are these names)
 JOBS: dict[str, Job] = {
-    "particles": Job("gather"),
+    "particles": Job("index", threaded=True, full=True),
     "input_fp": Job("input_fp", threaded=True),
     "input_fp_basis": Job("msa_fp"),
     "input_fp_basis_proj": Job("project_fp"),
@@ -120,6 +126,8 @@ JOBS: dict[str, Job] = {
     "classmx": Job("classify"),
     "classes_chunk": Job("average", chunked=True, threaded=True),
     "classes": Job("gather"),
+    "classes_final_chunk": Job("fullsize", chunked=True, threaded=True, full=True),
+    "classes_final": Job("gather", full=True),
     "montage_final": Job("light"),
     "montage_init": Job("light"),
     "montage": Job("light"),
@@ -135,7 +143,8 @@ def subset_size(n: int, ncls: int) -> int:
 
 @dataclass(frozen=True)
 class ResourceModel:
-    """The estimates for one run: ``n_used`` particles (after ``exclude``) of ``box`` px.
+    """The estimates for one run: ``n_used`` particles (after ``exclude``) of ``box`` px (the
+    working box every step but the ``full`` ones works at) and ``input_box`` px (the input's).
 
     ``overrides``: the config's ``resources`` (rule -> ``{"mem_mb": MiB, "runtime": minutes}``).
     """
@@ -148,21 +157,25 @@ class ResourceModel:
     chunks: int
     threads: int
     overrides: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    input_box: int | None = None
 
     @classmethod
     def from_config(cls, config: Mapping, facts: Mapping) -> ResourceModel:
         """The model of a checked config (defaults filled) and the input's facts
-        (:func:`r2d.check.check_workflow_config`: ``n_used`` or ``n``, ``box``; without them,
-        one particle of 64 px)."""
+        (:func:`r2d.check.check_workflow_config`: ``n_used`` or ``n``, ``box``, ``working``;
+        without them, one particle of 64 px)."""
+        working = facts.get("working")
+        box = facts.get("box", 64)
         return cls(
             n_used=max(1, facts.get("n_used", facts.get("n", 1))),
-            box=facts.get("box", 64),
+            box=working.box if working is not None else box,
             ncls=config["ncls"],
             naliref=config["naliref"],
             classiter=config["classiter"],
             chunks=config["chunks"],
             threads=config["threads"],
             overrides=config.get("resources") or {},
+            input_box=box,
         )
 
     def cost(self, kind: str) -> Cost:
@@ -176,22 +189,27 @@ class ResourceModel:
             n = subset_size(n, self.ncls)
         return -(-n // self.chunks) if chunked else n
 
-    def held(self, kind: str, chunked: bool = False) -> int:
-        """Particles a job of ``kind`` holds in memory at once."""
+    def held(self, kind: str, chunked: bool = False, box: int | None = None) -> int:
+        """Particles a job of ``kind`` holds in memory at once (images of ``box`` px)."""
         n = self.particles(kind, chunked)
-        return min(n, image_block(self.box)) if self.cost(kind).held == "block" else n
+        return min(n, image_block(box or self.box)) if self.cost(kind).held == "block" else n
 
-    def estimate_mem_mb(self, kind: str, chunked: bool = False) -> int:
-        """Memory estimate (MiB) of a job of ``kind``: the formula of the module docstring."""
+    def estimate_mem_mb(self, kind: str, chunked: bool = False, full: bool = False) -> int:
+        """Memory estimate (MiB) of a job of ``kind`` (on the input's box when ``full``): the
+        formula of the module docstring."""
         c = self.cost(kind)
-        img_mb = self.box * self.box * 4 / 2**20
-        est = BASE_MB + c.tables_mb * (self.box / 64) ** 2 + c.images * img_mb * self.held(kind, chunked)
+        box = (self.input_box or self.box) if full else self.box
+        img_mb = box * box * 4 / 2**20
+        classes = -(-self.ncls // self.chunks) if chunked else self.ncls
+        est = (BASE_MB + c.tables_mb * (box / 64) ** 2
+               + img_mb * (c.images * self.held(kind, chunked, box) + c.class_images * classes))
         return max(MIN_MEM_MB, 100 * int(-(-MEM_MARGIN * est // 100)))
 
-    def estimate_runtime(self, kind: str, chunked: bool = False, threads: int = 1) -> int:
+    def estimate_runtime(self, kind: str, chunked: bool = False, threads: int = 1, full: bool = False) -> int:
         """Time-limit estimate (minutes) of a job of ``kind`` running ``threads`` threads."""
         c = self.cost(kind)
-        est = (TIME_MARGIN * c.cpu_s * self.particles(kind, chunked) * (self.box / 64) ** 3 * c.passes
+        box = (self.input_box or self.box) if full else self.box
+        est = (TIME_MARGIN * c.cpu_s * self.particles(kind, chunked) * (box / 64) ** 3 * c.passes
                / threads / 60)
         return max(MIN_RUNTIME, int(-(-est // 1)))
 
@@ -202,12 +220,12 @@ class ResourceModel:
         """``resources: mem_mb`` of a job of ``rule`` (MiB): the config's value or the estimate,
         times ``attempt``."""
         job = JOBS[rule]
-        return (self._override(rule, "mem_mb") or self.estimate_mem_mb(job.kind, job.chunked)) * attempt
+        return (self._override(rule, "mem_mb") or self.estimate_mem_mb(job.kind, job.chunked, job.full)) * attempt
 
     def runtime(self, rule: str, attempt: int = 1) -> int:
         """``resources: runtime`` of a job of ``rule`` (minutes): the config's value or the
         estimate, times ``attempt``."""
         job = JOBS[rule]
         threads = self.threads if job.threaded else 1
-        value = self._override(rule, "runtime") or self.estimate_runtime(job.kind, job.chunked, threads)
+        value = self._override(rule, "runtime") or self.estimate_runtime(job.kind, job.chunked, threads, job.full)
         return value * attempt

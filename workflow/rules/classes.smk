@@ -89,3 +89,55 @@ rule classes:
     shell:
         "(r2d gather -o {output.classes} {input.classes}"
         " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"
+
+
+# Step 11 (with a working stack only): the last iteration's classes re-averaged from the input
+# particles at their own box and pixel size, with its transforms (shifts scaled to input px);
+# the exports and the final montage use classes_final / resultmx_final
+rule classes_final_chunk:
+    input:
+        particles=config["input"],
+        resultmx=art(f"resultmx_{ITERS[-1]}.h5"),
+    output:
+        classes=temp(art("classes_final/{scatteritem}.hdf")),
+        resultmx=temp(art("classes_final/{scatteritem}.h5")),
+    log:
+        art("logs/classes_final/{scatteritem}.log"),
+    benchmark:
+        art("benchmarks/classes_final/{scatteritem}.tsv")
+    conda:
+        R2D_ENV
+    threads: config["threads"]
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
+    params:
+        averager=opt(config["classaverager"]),
+        normproc=opt(config["classnormproc"]),
+        apix=apix_arg(),
+    shell:
+        "r2d fullsize {input.particles} {input.resultmx} -o {output.classes} --resultmx {output.resultmx}"
+        " --chunk {wildcards.scatteritem} --averager {params.averager} --normproc {params.normproc}"
+        " {params.apix} --threads {threads} > {log} 2>&1"
+
+
+rule classes_final:
+    input:
+        classes=gather.chunk(art("classes_final/{scatteritem}.hdf")),
+        resultmx=gather.chunk(art("classes_final/{scatteritem}.h5")),
+    output:
+        classes=art("classes_final.hdf"),
+        resultmx=art("resultmx_final.h5"),
+    log:
+        art("logs/classes_final.log"),
+    benchmark:
+        art("benchmarks/classes_final.tsv")
+    conda:
+        R2D_ENV
+    threads: 1
+    resources:
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
+    shell:
+        "(r2d gather -o {output.classes} {input.classes}"
+        " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"

@@ -46,8 +46,23 @@ def art(name):
     return f"{RUN}/{name}"
 
 
-# the particles as every step reads them: the index of the input (rule particles)
+# the particles as every step reads them: the index of the working stack (rule particles),
+# the input's particles Fourier-cropped to Nyquist = maxres (r2d.working); where that changes
+# nothing (maxres null, or the input no finer), the index of the input itself
 PARTICLES = art("particles.h5")
+WORKING = INPUT_FACTS["working"]
+CROPPED = WORKING.cropped
+WORKING_STACK = art("working.mrcs")
+
+
+# the classes users get (exports, final montage): the last iteration's; with a working stack
+# their full-size averages (classes_final / resultmx_final, step 11, shifts in input px)
+FINAL = "final" if CROPPED else ITERS[-1]
+
+
+def working_px(px):
+    """A length in input pixels (config `maxshift`, `mramaxshift`) in working pixels; -1 stays."""
+    return px if px is None or px < 0 else round(px / WORKING.scale, 3)
 
 
 def iteration_seed(it):
@@ -103,12 +118,12 @@ def apix_arg():
 
 
 def with_maxshift(aligner, maxshift):
-    """The aligner option string with its maxshift set (-1 -> box/8, the class averages being centred)."""
+    """The aligner option string with its maxshift (input px) set in working px (-1 -> the
+    working box/8, the class averages being centred)."""
     a = options.parse(aligner, "aligner")
+    maxshift = working_px(maxshift)
     if maxshift is None or maxshift < 0:
-        if "box" not in INPUT_FACTS:
-            return aligner
-        maxshift = INPUT_FACTS["box"] / 8
+        maxshift = WORKING.box / 8
     return str(options.Option(a.name, {**a.params, "maxshift": float(maxshift)}))
 
 
@@ -141,7 +156,7 @@ def class_args(iterations, prior=False):
             f"--averager {opt(c['classaverager'])} --cmp {opt(c['classcmp'])}",
             f"--normproc {opt(c['classnormproc'])} --center {opt(c['center'])}",
             "--automask" if c["automask"] else "",
-            f"--maxshift {c['maxshift']}",
+            f"--maxshift {working_px(c['maxshift'])}",
             "--prior" if prior and c["classprior"] and c["classify"] == "mra" else "",
         ]
     )

@@ -24,9 +24,9 @@ if _input_ext in (".hdf", ".h5"):
 rule export:
     input:
         particles=config["input"],
-        classes=art(f"classes_{ITERS[-1]}.hdf"),
+        classes=art(f"classes_{FINAL}.hdf"),
         classmx=art(f"classmx_{ITERS[-1]}.h5"),
-        resultmx=art(f"resultmx_{ITERS[-1]}.h5"),
+        resultmx=art(f"resultmx_{FINAL}.h5"),
     output:
         EXPORT_FILES,
     log:
@@ -42,7 +42,7 @@ rule export:
     params:
         run=run_folder,
         outdir=output_folder,
-        it=ITERS[-1],
+        it=FINAL,
         apix=apix_arg(),
     shell:
         "r2d export {params.run} --input {input.particles} -o {params.outdir} --iteration {params.it}"

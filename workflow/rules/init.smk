@@ -1,23 +1,31 @@
 """Initial stage (e2refine2d §1.2): invariants -> MSA -> projection -> k-means -> classes_init."""
 
 
+# the particle index; with maxres (r2d.working) also the working stack it points at, the only
+# full pass over the input before the final class averages
 rule particles:
     input:
         config["input"],
     output:
-        PARTICLES,
+        index=PARTICLES,
+        working=[WORKING_STACK] if CROPPED else [],
     log:
         art("logs/particles.log"),
     benchmark:
         art("benchmarks/particles.tsv")
     conda:
         R2D_ENV
-    threads: 1
+    threads: config["threads"]
     resources:
         mem_mb=job_mem_mb,
         runtime=job_runtime,
+    params:
+        # the working box's own Nyquist (2 x its pixel size): the box r2d.check chose, also where
+        # a default maxres was raised to the smallest working box
+        working=f"--maxres {2 * WORKING.apix!r} --working {WORKING_STACK}" if CROPPED else "",
+        apix=apix_arg(),
     shell:
-        "r2d index {input} -o {output} > {log} 2>&1"
+        "r2d index {input} -o {output.index} {params.working} {params.apix} --threads {threads} > {log} 2>&1"
 
 
 rule input_fp:

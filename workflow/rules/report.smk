@@ -4,7 +4,7 @@ the convergence and class-size plots and the per-iteration summary (`r2d montage
 
 rule montage_final:
     input:
-        art(f"classes_{ITERS[-1]}.hdf"),
+        art(f"classes_{FINAL}.hdf"),
     output:
         report(
             art("report/final_classes.png"),
@@ -21,7 +21,9 @@ rule montage_final:
         mem_mb=job_mem_mb,
         runtime=job_runtime,
     params:
-        title=f"final class averages (iteration {ITERS[-1]})",
+        title=f"final class averages (iteration {ITERS[-1]}"
+        + (f", {WORKING.input_box} px" if CROPPED else "")
+        + ")",
     shell:
         "r2d montage {input} -o {output} --title '{params.title}' > {log} 2>&1"
 
@@ -77,6 +79,7 @@ rule summary:
         classmx=[art(f"classmx_{it}.h5") for it in ITERS],
         resultmx=[art(f"resultmx_{it}.h5") for it in ITERS],
         classes=[art(f"classes_{it}.hdf") for it in ITERS],
+        final=[art("classes_final.hdf")] if CROPPED else [],
     output:
         summary=report(
             art("report/summary.json"),

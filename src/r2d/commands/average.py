@@ -97,15 +97,25 @@ def main(args):
         search_weight=stack_weight(stack, workers=args.threads),
         ctf=particle_ctf(stack, particle, apix, args.averager), prior=prior, n_classes=n_classes,
     )
+    write_result(res, particle, stack, apix, args.output, args.resultmx, args.chunk)
+
+
+def write_result(res, particle: np.ndarray, stack: io.Stack, apix: float | None, output, resultmx=None,
+                 chunk=None) -> None:
+    """Write the averages of ``res`` (:class:`r2d.average.ClassAverages` of the rows ``particle``
+    (input indices) of ``stack``) to ``output`` and, with ``resultmx``, the per-particle table;
+    the table's attributes ``box`` and ``pixel_size`` give the images its shifts are pixels of."""
     headers = res.headers()
     for h in headers:  # indices into the input stack, not into the rows of classmx
         h["class_ptcl_idxs"] = particle[h["class_ptcl_idxs"]]
         h["exc_class_ptcl_idxs"] = particle[h["exc_class_ptcl_idxs"]]
         h["class_ptcl_src"] = str(stack.source)
-    io.write_image_stack(args.output, res.averages, headers, pixel_size=apix)
-    if args.resultmx:
-        io.write_matrix(args.resultmx, {
+    io.write_image_stack(output, res.averages, headers, pixel_size=apix)
+    if resultmx:
+        io.write_matrix(resultmx, {
             "class": res.label.astype(np.int32), "used": res.used.astype(np.int8), "particle": particle,
             "dx": res.tx.astype(np.float32), "dy": res.ty.astype(np.float32),
             "dalpha": res.alpha.astype(np.float32), "mirror": res.mirror.astype(np.float32),
-            "score": res.score.astype(np.float32)}, {"artifact": "resultmx", "chunk": args.chunk or ""})
+            "score": res.score.astype(np.float32)},
+            {"artifact": "resultmx", "chunk": chunk or "", "box": stack.box,
+             "pixel_size": np.nan if apix is None else apix})

@@ -22,7 +22,8 @@ def add_args(p):
     p.add_argument("run_dir", help="run folder (the workflow's `path`)")
     p.add_argument("-i", "--input", required=True, help="the particle stack the run classified (config `input`)")
     p.add_argument("-o", "--output", help="output folder (default RUN_DIR/export)")
-    p.add_argument("--iteration", help="iteration to export (default: the last finished one; 'init' for classes_init)")
+    p.add_argument("--iteration", help="iteration to export (default: the last finished one; 'init' for classes_init, "
+                        "'final' for the full-size classes_final of a run with a working stack)")
     p.add_argument("--apix", type=float, help="pixel size in Å when the input has none")
     p.add_argument("--paths", choices=PATH_MODES, default="relative",
                    help="image names in the STAR file: relative to the output folder (default), absolute, "

@@ -23,13 +23,14 @@ from r2d.io.matrix import read_matrix, read_matrix_attrs, write_matrix
 INDEX_MARK = "r2d_particle_index"
 
 
-def write_particle_index(stack: Stack, path) -> None:
+def write_particle_index(stack: Stack, path, attrs: dict | None = None) -> None:
     """Write where every particle of ``stack`` is and its CTF, atomically, as HDF5:
     ``files`` (absolute paths of the image files), ``file_of``, ``index_in_file`` (N,) int64
     (particle ``i`` is image ``index_in_file[i]``, 0-based, of ``files[file_of[i]]``) and
     ``ctf/<name>`` (N,) (:meth:`Stack.ctf_params`; absent without CTF); root attributes
     ``r2d_particle_index`` (format version 1), ``source`` (the input's path), ``pixel_size``
-    (Å/px, NaN when unknown).
+    (Å/px, NaN when unknown), and ``attrs`` (more root attributes, e.g. the working stack's
+    ``input_box``, ``input_pixel_size``, ``maxres``).
 
     The workflow writes one (rule ``particles``) so that its jobs open the particles without
     parsing the STAR/CS table again (pandas alone costs 0.3 s per job). Reading it with
@@ -43,7 +44,8 @@ def write_particle_index(stack: Stack, path) -> None:
     for key, v in (stack.ctf_params() or {}).items():
         data[f"ctf/{key}"] = v
     write_matrix(path, data, {INDEX_MARK: 1, "source": str(stack.source),
-                              "pixel_size": np.nan if stack.pixel_size is None else stack.pixel_size})
+                              "pixel_size": np.nan if stack.pixel_size is None else stack.pixel_size,
+                              **(attrs or {})})
 
 
 def _is_particle_index(path: Path) -> bool:

@@ -43,10 +43,11 @@ def new_mrcs(path, shape, pixel_size: float | None = None) -> Iterator[np.ndarra
             _header_stats(mrc)
 
 
-def _header_stats(mrc, block: int = 1024) -> None:
-    """min, max, mean and rms of an MRC file's data in the header, read ``block`` images at a
-    time (mrcfile's own update would make full-size temporaries)."""
+def _header_stats(mrc, block_bytes: int = 64 << 20) -> None:
+    """min, max, mean and rms of an MRC file's data in the header, read about ``block_bytes``
+    of float64 images at a time (mrcfile's own update would make full-size temporaries)."""
     d = mrc.data
+    block = max(1, block_bytes // (8 * int(np.prod(d.shape[1:], dtype=np.int64))))
     lo, hi, s1, s2 = np.inf, -np.inf, 0.0, 0.0
     for i in range(0, len(d), block):
         b = np.asarray(d[i:i + block], dtype=np.float64)

@@ -18,6 +18,7 @@ import logging
 import numpy as np
 
 from r2d.errors import InputError
+from r2d.io.blocks import image_block
 from r2d.io.images import IMAGE_PROBLEMS, Stack, image_problems
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,10 @@ class ParticleRows:
     def __getitem__(self, rows) -> np.ndarray:
         return read_particles(self.stack, self.index[rows], report=False)
 
-    def bad(self, chunk: int = 4096) -> np.ndarray:
-        """``(len,)`` bool: particles that cannot be used (reported in the log once, here)."""
+    def bad(self, chunk: int | None = None) -> np.ndarray:
+        """``(len,)`` bool: particles that cannot be used (reported in the log once, here); read
+        ``chunk`` at a time (default: 64 MiB, :func:`r2d.io.image_block`)."""
+        chunk = chunk or image_block(self.stack.box)
         out = np.zeros(len(self), dtype=bool)
         for lo in range(0, len(self), chunk):
             rows = np.arange(lo, min(len(self), lo + chunk))
