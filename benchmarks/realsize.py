@@ -7,11 +7,13 @@ absent) simulated by ``r2d simulate`` at the size users' data have (default 4,00
 particle's disc (0.4 x box), raw signed CTF (``--ctf full``, defocus 0.8-2.5 µm, astigmatism up
 to 500 Å), B-factor 100 Å², 5 % junk of every kind, shifts up to ±15 Å; then the same particles
 Fourier-cropped to a working box (default 80 px: 4 Å/px), written as an MRC stack + STAR with
-the same CTF. Runs: the default workflow (``--ncls``, ``--iter``, ``--seed``; on the full-size
-stack also ``maxres=8`` when the config has that key) on both, ``snakemake --cores 2``.
+the same CTF. Runs: the default workflow (``--ncls``, ``--iter``, ``--seed``; ``maxres`` at its
+default, 8 Å, so the full-size run classifies its own working stack and adds the full-size
+``classes_final``) on both, ``snakemake --cores 2``.
 
-Prints, per job kind (rule), the sum of its jobs' wall times and the largest max RSS from the
-Snakemake benchmark files, for both runs; the total wall time of each run and their ratio; and
+Prints, per job kind (rule), the sum of its jobs' wall times, the largest max RSS from the
+Snakemake benchmark files and the memory the job asked for (``resources: mem_mb``, from
+``r2d.resources``), for both runs; the total wall time of each run and their ratio; and
 the view error against the ground truth per iteration (``r2d evaluate``, as benchmarks/pipeline.py).
 
   $ .venv/bin/python benchmarks/realsize.py [--n 4000] [--box 256] [--apix 1.25] [--working-box 80]
@@ -133,11 +135,15 @@ def view_errors(run: Path, truth: Path, iters: int, env) -> dict[int, tuple[floa
     return res
 
 
-def has_config_key(key: str) -> bool:
-    """Whether the workflow's config or its schema knows ``key``."""
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text()) or {}
-    schema = yaml.safe_load((REPO / "src" / "r2d" / "schemas" / "config.schema.yaml").read_text()) or {}
-    return key in cfg or key in schema.get("properties", {})
+def requested_mb(wd: Path, data: Path, cfg: dict) -> dict[str, int]:
+    """``{rule: resources mem_mb}`` the workflow asks for on ``data`` with ``cfg`` (r2d.resources)."""
+    from r2d.check import check_workflow_config
+    from r2d.resources import JOBS, ResourceModel
+
+    config = {"input": str(data), "path": str(wd / "run"), **cfg}
+    facts = check_workflow_config(config)
+    model = ResourceModel.from_config(config, facts)
+    return {rule: model.mem_mb(rule) for rule in JOBS}
 
 
 def run_workflow(wd: Path, data: Path, cfg: dict, cores: int, env) -> float:
@@ -199,25 +205,22 @@ def main() -> int:
     wapix = args.apix * args.box / args.working_box
 
     cfg = {"ncls": args.ncls, "iter": args.iter, "seed": args.seed}
-    full_cfg = dict(cfg)
-    maxres = has_config_key("maxres")
-    if maxres:
-        full_cfg["maxres"] = 8
     patterns = rule_patterns()
-    wall, rules, errors = {}, {}, {}
-    for name, wd, data, c in (("full", full, sim, full_cfg), ("working", work, work / "data", cfg)):
-        wall[name] = run_workflow(wd, data / "particles.star", c, args.cores, env)
+    wall, rules, errors, asked = {}, {}, {}, {}
+    for name, wd, data in (("full", full, sim), ("working", work, work / "data")):
+        asked[name] = requested_mb(wd, data / "particles.star", cfg)
+        wall[name] = run_workflow(wd, data / "particles.star", cfg, args.cores, env)
         rules[name] = per_rule(wd / "run", patterns)
         errors[name] = view_errors(wd / "run", sim / "truth.tsv", args.iter, env)
 
-    print(f"\nfull: {args.n} x {args.box} px at {args.apix:g} Å/px"
-          f"{' (maxres=8)' if maxres else ' (no maxres key in the config: run as is)'}; "
+    print(f"\nfull: {args.n} x {args.box} px at {args.apix:g} Å/px (maxres 8 Å: its own working stack); "
           f"working: {args.working_box} px at {wapix:g} Å/px; ncls {args.ncls}, iter {args.iter}, "
           f"{args.cores} cores")
     if t_sim:
         print(f"simulate {t_sim:.0f} s, Fourier crop {t_crop:.1f} s")
     names = sorted(set(rules["full"]) | set(rules["working"]))
-    print(f"\n{'rule':22s} {'jobs':>5s} {'full s':>9s} {'full MB':>8s} {'work s':>9s} {'work MB':>8s} {'ratio':>6s}")
+    print(f"\n{'rule':22s} {'jobs':>5s} {'full s':>9s} {'full MB':>8s} {'asked':>6s} {'work s':>9s} "
+          f"{'work MB':>8s} {'asked':>6s} {'ratio':>6s}")
     tot = {"full": 0.0, "working": 0.0}
     for r in names:
         f = rules["full"].get(r, (float("nan"), float("nan"), 0))
@@ -225,13 +228,15 @@ def main() -> int:
         tot["full"] += f[0] if f[2] else 0.0
         tot["working"] += w[0] if w[2] else 0.0
         ratio = f[0] / w[0] if w[0] > 0 else float("nan")
-        print(f"{r:22s} {max(f[2], w[2]):5d} {f[0]:9.1f} {f[1]:8.0f} {w[0]:9.1f} {w[1]:8.0f} {ratio:6.1f}")
-    print(f"{'sum of jobs':22s} {'':5s} {tot['full']:9.1f} {'':8s} {tot['working']:9.1f} {'':8s} "
+        fa, wa = (asked[k].get(r, 0) if rules[k].get(r) else 0 for k in ("full", "working"))
+        print(f"{r:22s} {max(f[2], w[2]):5d} {f[0]:9.1f} {f[1]:8.0f} {fa or '':>6} {w[0]:9.1f} {w[1]:8.0f} "
+              f"{wa or '':>6} {ratio:6.1f}")
+    print(f"{'sum of jobs':22s} {'':5s} {tot['full']:9.1f} {'':8s} {'':6s} {tot['working']:9.1f} {'':8s} {'':6s} "
           f"{tot['full'] / max(tot['working'], 1e-9):6.1f}")
-    print(f"{'workflow wall':22s} {'':5s} {wall['full']:9.1f} {'':8s} {wall['working']:9.1f} {'':8s} "
-          f"{wall['full'] / max(wall['working'], 1e-9):6.1f}")
+    print(f"{'workflow wall':22s} {'':5s} {wall['full']:9.1f} {'':8s} {'':6s} {wall['working']:9.1f} {'':8s} "
+          f"{'':6s} {wall['full'] / max(wall['working'], 1e-9):6.1f}")
     peak = {k: max((v[1] for v in rules[k].values()), default=float("nan")) for k in rules}
-    print(f"{'peak max RSS MB':22s} {'':5s} {'':9s} {peak['full']:8.0f} {'':9s} {peak['working']:8.0f}")
+    print(f"{'peak max RSS MB':22s} {'':5s} {'':9s} {peak['full']:8.0f} {'':6s} {'':9s} {peak['working']:8.0f}")
 
     print(f"\n{'classmx':8s} {'full':>8s} {'working':>8s} {'random':>8s}   (view error, degrees)")
     for it in range(0, args.iter + 1):

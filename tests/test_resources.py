@@ -16,14 +16,14 @@ def model(n=100_000, box=128, **config) -> ResourceModel:
     return ResourceModel.from_config({**CONFIG, **config}, {"n": n, "n_used": n, "box": box})
 
 
-# (mem_mb MiB, runtime min) of the default config: the numbers the workflow asked for before
-# the model moved into r2d.resources, and what SLURM jobs are sized by; they must not drift
+# (mem_mb MiB, runtime min) of the default config: what SLURM jobs are sized by; they must not
+# drift unnoticed (the particles job: its parsed table, 2 KiB per particle, and one block of images)
 PINNED = {
-    (100_000, 128): {"particles": (1800, 10), "input_fp": (700, 10), "input_fp_basis": (900, 10),
+    (100_000, 128): {"particles": (1000, 10), "input_fp": (700, 10), "input_fp_basis": (900, 10),
                      "classes_init_chunk": (3100, 17), "allrefs": (1500, 10), "simmx_chunk": (2700, 120),
                      "mra_chunk": (3800, 300), "input_proj_chunk": (1600, 40), "classmx": (1000, 20),
                      "classes_chunk": (3100, 540), "classes": (1800, 10), "export": (500, 40)},
-    (10_000, 96): {"particles": (500, 10), "input_fp_basis": (600, 10), "classes_init_chunk": (1800, 10),
+    (10_000, 96): {"particles": (800, 10), "input_fp_basis": (600, 10), "classes_init_chunk": (1800, 10),
                    "allrefs": (1000, 10), "simmx_chunk": (1800, 10), "mra_chunk": (2400, 13),
                    "input_proj_chunk": (1200, 10), "classes_chunk": (2100, 23)},
     (1_000, 64): {"classes_init_chunk": (900, 10), "allrefs": (600, 10), "simmx_chunk": (800, 10),
@@ -56,10 +56,13 @@ def test_every_rule_of_the_schema_has_a_job_and_a_cost():
 def test_memory_grows_with_the_box_squared():
     """Whole-stack jobs and box-dependent tables: beyond the fixed base, memory ~ box² (px)."""
     base = MEM_MARGIN * BASE_MB
-    for rule in ("particles", "classmx", "allrefs"):
+    for rule in ("classes", "classmx", "allrefs"):
         m128, m256 = model(box=128).mem_mb(rule), model(box=256).mem_mb(rule)
         assert (m256 - base) / (m128 - base) == pytest.approx(4, rel=0.05), rule
     for rule in CHUNKED:  # their tables grow; the block of particles held shrinks as box² grows
+        if rule == "classes_final_chunk":  # no tables: one block of images and the class sums
+            assert model(box=384).mem_mb(rule) > model(box=256).mem_mb(rule) >= model(box=64).mem_mb(rule)
+            continue
         assert model(box=256).mem_mb(rule) > model(box=128).mem_mb(rule) > model(box=64).mem_mb(rule), rule
 
 
@@ -78,6 +81,26 @@ def test_chunked_job_memory_does_not_grow_beyond_one_block(rule):
 def test_whole_stack_jobs_grow_with_the_dataset():
     assert model(n=100_000).mem_mb("particles") < model(n=1_000_000).mem_mb("particles")
     assert model(n=100_000).mem_mb("classmx") < model(n=1_000_000).mem_mb("classmx")
+
+
+def test_jobs_on_the_working_stack_follow_its_box_the_full_size_ones_the_input():
+    """With a working stack (256 px at 1.25 Å -> 80 px) every job is sized as on an 80 px input
+    except those that read the input (particles, classes_final*), sized at 256 px."""
+    from r2d.working import working_geometry
+
+    n = 100_000
+    w = working_geometry(256, 1.25, 8)
+    cropped = ResourceModel.from_config(CONFIG, {"n": n, "n_used": n, "box": 256, "working": w})
+    small, big = model(n=n, box=80), model(n=n, box=256)
+    full = {r for r, j in JOBS.items() if j.full}
+    assert full == {"particles", "classes_final_chunk", "classes_final"}
+    for rule in JOBS:
+        want = big if rule in full else small
+        assert (cropped.mem_mb(rule), cropped.runtime(rule)) == (want.mem_mb(rule), want.runtime(rule)), rule
+    # the full-size averages hold each class's half-set sums at 256 px: more classes per chunk, more memory
+    facts = {"n": n, "n_used": n, "box": 256, "working": w}
+    two, eight = (ResourceModel.from_config({**CONFIG, "ncls": 400, "chunks": c}, facts) for c in (2, 8))
+    assert two.mem_mb("classes_final_chunk") > eight.mem_mb("classes_final_chunk") + 300
 
 
 def test_chunk_share_is_rounded_up():

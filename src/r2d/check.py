@@ -292,7 +292,8 @@ def check_config(config: dict, *, open_input: bool = True, defaulted=frozenset()
         wbox = working.box
         m = int(2 * round(wbox / shrink / 2))
         if m < MIN_SEARCH_BOX:
-            raise ConfigError(f"shrink: {shrink} reduces the {wbox} px working box to {m} px for the simmx search; "
+            what = "working box" if working.cropped else "box"
+            raise ConfigError(f"shrink: {shrink} reduces the {wbox} px {what} to {m} px for the simmx search; "
                               f"use at most {wbox // MIN_SEARCH_BOX} (or 0 for no shrinking)")
     apix_cfg = config.get("apix")
     if stack.pixel_size is None and apix_cfg is None:

@@ -1,4 +1,4 @@
-"""Full-size class averages from known transforms (``classes_final``, docs/algorithm.md §3.12).
+"""Full-size class averages from known transforms (``classes_final``, docs/algorithm.md §1.7).
 
 The iterations run on the working stack (:mod:`r2d.working`); the averages users look at and
 export are made once more from the original particles, at their own box and pixel size,

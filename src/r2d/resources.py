@@ -60,7 +60,10 @@ class Cost:
     ``image_block(box)``); ``cpu_s``: ``s``, CPU seconds per particle at 64 px (scales with
     box³); ``passes``: passes over the particles; ``subset``: works on the initial stage's
     subset only; ``class_images``: float32 images' worth held per class of the job (Fourier
-    half-set sums; the job's classes are ``ceil(ncls / chunks)`` when chunked).
+    half-set sums; the job's classes are ``ceil(ncls / chunks)`` when chunked);
+    ``block_images``: images' worth held per particle of one block (``image_block(box)``),
+    whatever it works on; ``row_kb``: KiB per particle of tables that do not depend on the box
+    (a parsed STAR/CS table, the index).
     """
 
     tables_mb: float
@@ -70,6 +73,8 @@ class Cost:
     passes: int = 1
     subset: bool = False
     class_images: float = 0
+    block_images: float = 0
+    row_kb: float = 0
 
 
 def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
@@ -88,7 +93,7 @@ def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
         "gather": Cost(0, 0.2, "all", 0.0002),  # score/shift rows: ~0.2 img per particle
         "input_proj": Cost(150, 7, "block", 0.002),
         "export": Cost(0, 1, "block", 0.001),
-        "index": Cost(0, 6, "block", 0.0005),  # input block, its FFTs, the working block
+        "index": Cost(0, 0, "all", 0.0001, block_images=6, row_kb=2),  # the parsed table; a block and its FFTs
         "fullsize": Cost(0, 10, "block", 0.0015, class_images=12),
     }
 
@@ -201,8 +206,9 @@ class ResourceModel:
         box = (self.input_box or self.box) if full else self.box
         img_mb = box * box * 4 / 2**20
         classes = -(-self.ncls // self.chunks) if chunked else self.ncls
-        est = (BASE_MB + c.tables_mb * (box / 64) ** 2
-               + img_mb * (c.images * self.held(kind, chunked, box) + c.class_images * classes))
+        est = (BASE_MB + c.tables_mb * (box / 64) ** 2 + c.row_kb * self.particles(kind, chunked) / 1024
+               + img_mb * (c.images * self.held(kind, chunked, box) + c.class_images * classes
+                           + c.block_images * image_block(box)))
         return max(MIN_MEM_MB, 100 * int(-(-MEM_MARGIN * est // 100)))
 
     def estimate_runtime(self, kind: str, chunked: bool = False, threads: int = 1, full: bool = False) -> int:

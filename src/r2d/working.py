@@ -1,5 +1,5 @@
 """The run's working resolution: the particles Fourier-cropped so that Nyquist is ``maxres``
-(docs/algorithm.md §3.0).
+(docs/algorithm.md §1.7).
 
 2-D classification uses no detail finer than about 8 Å, so every per-particle step runs on a
 **working stack**: each particle Fourier-cropped (:func:`r2d.transforms.fourier_crop`) to the

@@ -82,6 +82,8 @@ def main(args):
     excl = f", {facts['n_excluded']} excluded" if facts.get("n_excluded") else ""
     print(f"input: {config['input']}: {facts['n']} particles{excl}, {facts['box']} px, {apix}")
     print(f"run folder: {config['path']}; ncls={config['ncls']}, iter={config['iter']}, seed={config['seed']}")
+    if facts.get("working") is not None:
+        print(f"working resolution: {facts['working'].note}")
     for w in facts["warnings"]:
         print(f"warning: {w}")
     print("config OK")
