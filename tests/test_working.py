@@ -158,8 +158,9 @@ def test_maxres_finer_than_the_input_runs_at_full_resolution(tmp_path, caplog):
 @pytest.mark.parametrize("config, message", [
     ({"maxres": 30}, "maxres: 30 Å would leave a working box of 12 px"),
     ({"maxres": 8, "initial": "data/particles.mrcs"}, "at the working resolution"),
+    ({"maskdiameter": 300}, "maskdiameter: 300 Å is larger than the box (64 px = 192 Å"),
 ])
-def test_bad_maxres_is_a_configuration_error_before_any_job(tmp_path, smk, config, message):
+def test_bad_maxres_or_mask_is_a_configuration_error_before_any_job(tmp_path, smk, config, message):
     data = tmp_path / "data"
     assert cli.main(["simulate", "--phantom", "--n", "40", "--box", "64", "--apix", "3", "--snr", "1",
                      "-o", str(data)]) == 0

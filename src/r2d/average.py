@@ -23,6 +23,7 @@ from r2d.cmp import compare
 from r2d.ctf import ParticleCTF
 from r2d.averagers import Accumulator
 from r2d.fsc import fsc_resolution
+from r2d.masks import particle_mask
 from r2d.options import Option, parse
 from r2d.prepared import Prepared, flip_and_filter
 
@@ -173,7 +174,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                    apix: float | None = None, workers: int = 1,
                    search_weight: np.ndarray | None = None, ctf: ParticleCTF | None = None,
                    block: int | None = None, local: bool = True, prior=None,
-                   n_classes: int | None = None) -> ClassAverages:
+                   n_classes: int | None = None, mask_radius: float | None = None) -> ClassAverages:
     """Class averages of ``particles`` (N, n, n) for the classes in ``label`` (N,) int
     (−1 = in no class), e2classaverage-style (docs/algorithm.md §3.11).
 
@@ -206,6 +207,10 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     bootstrap: the first reference is the sum of the members moved by their prior, and the first
     pass is a local search around it too.
 
+    ``mask_radius`` (px, the ``maskdiameter`` disc, :func:`r2d.masks.particle_mask`): the search
+    and scoring images of particles and references are multiplied by that mask, and
+    ``normalize.edgemean`` takes its mean from the background outside it; None: no mask.
+
     ``n_classes``: at least this many classes (default ``max(label) + 1``; a chunk of the classes
     gives the whole set's count, so its arrays have the same shape as in an unchunked run).
     Every number of a class depends only on its members, so averaging the classes in chunks
@@ -234,7 +239,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     ctf = _usable_ctf(averager, ctf, N)
     job = _Job(particles, norm=norm, ctf=ctf, search_weight=search_weight, aligner=aligner, aligncmp=aligncmp,
                ralign=ralign, raligncmp=raligncmp, cmp=cmp, apix=apix, block=block or image_block(n),
-               workers=workers)
+               workers=workers, mask_radius=mask_radius)
     m = _members(label, K, prior)
     sums, passes = _bootstrap(job, m)
     dx, dy = center_shift(sums, center)
@@ -274,8 +279,10 @@ class _Job:
     """
 
     def __init__(self, particles, *, norm, ctf, search_weight, aligner, aligncmp, ralign, raligncmp, cmp, apix,
-                 block, workers):
+                 block, workers, mask_radius=None):
         self.particles, self.norm, self.ctf, self.search_weight = particles, norm, ctf, search_weight
+        self.mask_radius = mask_radius
+        self.mask = None if mask_radius is None else particle_mask(particles.shape[-1], 2 * mask_radius, 1.0)[0]
         self.aligner, self.aligncmp, self.raligncmp, self.cmp = aligner, aligncmp, raligncmp, cmp
         self.apix, self.block, self.workers = apix, block, workers
         self.N, self.n = len(particles), particles.shape[-1]
@@ -292,11 +299,11 @@ class _Job:
         """Particles ``rows`` (b,): normalised (X), phase-flipped in their own frame (Xc, for the
         search and the bootstrap), and matched-filtered for the search (Xs); each (b, n, n) float32."""
         P = np.asarray(self.particles[rows], dtype=np.float32)
-        norm = self.norm
-        X = tf.normalize(P, norm.name, **({"radius": norm.get("radius")} if "radius" in norm.params else {})) \
-            if norm is not None else P
+        X = normalize_particles(P, self.norm, self.mask_radius)
         Xc, Xs = flip_and_filter(X, None if self.ctf is None else self.ctf.take(rows), self.search_weight,
                                   workers=self.workers)
+        if self.mask is not None:
+            Xs = Xs * self.mask
         return X, Xc, Xs
 
     def images(self, rows):
@@ -319,6 +326,8 @@ class _Job:
         ((b,) float64, lower is better; None when not ``scored``)."""
         workers = self.workers
         frefs = refs if self.search_weight is None else tf.radial_filter(refs, self.search_weight, workers=workers)
+        if self.mask is not None:
+            frefs = frefs * self.mask
         a = align(Xs, frefs, self.aligner, self.aligncmp, pairs=lab, ralign=self.ralign, raligncmp=self.raligncmp,
                   apix=self.apix, prior=prior, cache=cache, workers=workers)
         if not scored:
@@ -552,6 +561,17 @@ def _result(m: _Members, avgs, halves, final, used, score, qual, qual_sigma, api
         n_excluded=(counts - ptcl_repr)[nonempty], mean_score=mean_score[nonempty], fsc=fsc[nonempty],
         resolution=resolution[nonempty], ctf_corrected=ctf_corrected,
     )
+
+
+def normalize_particles(P: np.ndarray, norm: Option | None, mask_radius: float | None = None) -> np.ndarray:
+    """Particles ``P`` (b, n, n) normalised by ``norm`` (``classnormproc``; None: as they are), the
+    background of ``normalize.edgemean`` outside ``mask_radius`` px when given."""
+    if norm is None:
+        return P
+    kw = {"radius": norm.get("radius")} if "radius" in norm.params else {}
+    if norm.name == "normalize.edgemean":
+        kw["mask_radius"] = mask_radius
+    return tf.normalize(P, norm.name, **kw)
 
 
 def _plain_ccc(option) -> bool:

@@ -283,6 +283,13 @@ def check_config(config: dict, *, open_input: bool = True, defaulted=frozenset()
                          + (" or exclude fewer particles" if len(excl) else ""))
     if config["chunks"] > used:
         raise ConfigError(f"chunks: {config['chunks']} chunks for {used} particles; use at most {used} chunks")
+    mask = config.get("maskdiameter")
+    if mask:
+        fov = box * (facts["apix"] or 1.0)
+        if mask > fov:
+            raise ConfigError(f"maskdiameter: {mask:g} Å is larger than the box ({box} px = {fov:g} Å at "
+                              f"{facts['apix'] or 1.0:g} Å/px); use at most {fov:g} Å, about 1.2 x the particle's "
+                              "diameter, or null for no mask")
     maxshift = config.get("maxshift", -1)
     if maxshift >= box / 2:
         raise ConfigError(f"maxshift: {maxshift} px is not less than half the box ({box} px); "

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from r2d import transforms as tf
-from r2d.average import ClassAverages, _members, _result
+from r2d.average import ClassAverages, _members, _result, normalize_particles
 from r2d.averagers import Accumulator
 from r2d.ctf import ParticleCTF
 from r2d.io import image_block
@@ -28,7 +28,7 @@ def fixed_averages(particles, label: np.ndarray, used: np.ndarray, transforms, s
                    scale: float = 1.0, averager: str | Option = "ctf.weight.autofilt",
                    normproc: str | Option | None = "normalize.edgemean", ctf: ParticleCTF | None = None,
                    apix: float | None = None, workers: int = 1, block: int | None = None,
-                   n_classes: int | None = None) -> ClassAverages:
+                   n_classes: int | None = None, mask_radius: float | None = None) -> ClassAverages:
     """Class averages of ``particles`` (N, n, n; an array or row-indexable, e.g.
     :class:`r2d.io.ParticleRows`, read in blocks of ``block`` rows, default 64 MiB) with the
     members' transforms given.
@@ -39,7 +39,8 @@ def fixed_averages(particles, label: np.ndarray, used: np.ndarray, transforms, s
     measured on), ``score`` (N,) float (carried into the result). Shifts are multiplied by
     ``scale`` (pixels of ``particles`` per pixel of the measurement). ``averager``,
     ``normproc``, ``ctf`` (one entry per particle, at ``apix``) as in
-    :func:`r2d.average.class_averages`; the result has the same fields (half-set FSC and
+    :func:`r2d.average.class_averages`, ``mask_radius`` (px) the background of
+    ``normalize.edgemean`` as there; the result has the same fields (half-set FSC and
     resolution from these particles; ``qual`` the mean and σ of ``score`` per class) and its
     transforms in the pixels of ``particles``.
     """
@@ -61,9 +62,7 @@ def fixed_averages(particles, label: np.ndarray, used: np.ndarray, transforms, s
     block = block or image_block(n)
     for lo in range(0, len(rows_used), block):
         rows = rows_used[lo:lo + block]
-        X = np.asarray(particles[rows], dtype=np.float32)
-        if norm is not None:
-            X = tf.normalize(X, norm.name, **({"radius": norm.get("radius")} if "radius" in norm.params else {}))
+        X = normalize_particles(np.asarray(particles[rows], dtype=np.float32), norm, mask_radius)
         acc.add(rows, tf.transform(X, *(f[rows] for f in final), workers=workers), alpha[rows], mirror[rows])
         log.info("full-size averages: %d of %d members", min(lo + block, len(rows_used)), len(rows_used))
     avgs, halves = acc.finish(return_halves=True)

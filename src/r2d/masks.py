@@ -1,12 +1,26 @@
-"""Automatic masks (EMAN2 ``mask.auto2d``, docs/algorithm.md §3.9), vectorised over a stack
-where possible."""
+"""Masks: the particle mask of ``maskdiameter`` (docs/algorithm.md §1.7) and automatic masks
+(EMAN2 ``mask.auto2d``, §3.9), vectorised over a stack where possible."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from r2d import transforms as tf
+
+
+#: width (px) of the particle mask's raised-cosine edge, centred on its diameter
+MASK_EDGE = 3.0
+
+
+def particle_mask(n: int, diameter: float | None, apix: float | None) -> tuple[np.ndarray | None, float | None]:
+    """The particle mask of ``diameter`` Å on ``n`` px images of ``apix`` Å/px (1 when None):
+    ``(mask (n, n) float32, radius px)``, 1 inside ``radius − 1.5`` px, a raised-cosine edge to
+    0 at ``radius + 1.5`` px (:func:`r2d.transforms.soft_circle`); ``(None, None)`` without a
+    diameter (the whole disc, no mask)."""
+    if not diameter:
+        return None, None
+    radius = diameter / 2 / (apix or 1.0)
+    return tf.soft_circle(n, radius - MASK_EDGE / 2, MASK_EDGE), radius
 
 
 def automask2d(images: np.ndarray, *, sigma: float = 0.2, nmaxseed: int = 10, nshells: int = 3,
@@ -18,6 +32,8 @@ def automask2d(images: np.ndarray, *, sigma: float = 0.2, nmaxseed: int = 10, ns
     ``nshells`` hard shells and ``nshellsgauss`` soft shells ``exp(-(2t/nshellsgauss)²)``.
     ``(K, n, n)`` → ``(K, n, n)`` float32 (K = number of class averages).
     """
+    from scipy import ndimage  # only here: every job that imports r2d.masks would pay for it
+
     images = np.asarray(images, dtype=np.float32)
     out = np.empty_like(images)
     n = images.shape[-1]

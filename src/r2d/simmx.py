@@ -50,9 +50,10 @@ class References:
 
 
 def prepare_references(refs: np.ndarray, ptcl_repr=None, weight: np.ndarray | None = None, *,
-                       center: bool = False) -> References:
+                       center: bool = False, mask: np.ndarray | None = None) -> References:
     """:class:`References` of ``refs`` (A, n, n): centred (``center``), then filtered by the radial
-    ``weight`` (none when None); ``ptcl_repr`` (A,) (default zeros)."""
+    ``weight`` (none when None) and multiplied by the particle ``mask`` ((n, n), none when None);
+    ``ptcl_repr`` (A,) (default zeros)."""
     A = len(refs)
     good = refs.reshape(A, -1).std(axis=1) > 0
     repr_ = np.zeros(A) if ptcl_repr is None else np.asarray(ptcl_repr, dtype=np.float64)
@@ -62,20 +63,24 @@ def prepare_references(refs: np.ndarray, ptcl_repr=None, weight: np.ndarray | No
         refs = tf.integer_shift(refs, cx, cy)
     if weight is not None:
         refs = tf.radial_filter(refs, weight)
+    if mask is not None:
+        refs = refs * mask
     return References(refs, good, repr_, cx, cy, bool(center))
 
 
 def align_block(parts: np.ndarray, refs: References, *, weight: np.ndarray | None = None,
-                aligner="rotate_translate_tree", aligncmp="ccc", ralign=None, raligncmp="dot", cmp="ccc",
+                mask: np.ndarray | None = None, aligner="rotate_translate_tree", aligncmp="ccc", ralign=None, raligncmp="dot", cmp="ccc",
                 shrink: int = 0, candidates: int | None = None, apix: float | None = None,
                 workers: int = 1) -> dict[str, np.ndarray]:
     """One block of particles ``parts`` (b, n, n) against the searched references (``refs.good``,
     A' of them): the matrices of :data:`MATRICES`, each (b, A') (transforms float64, ``score``
     as the comparator gives it), into the references' own frame. ``weight``: the radial filter
-    of the particles (as :func:`prepare_references` got). The options are those of
-    :func:`r2d.align.align` (EMAN2 names)."""
+    of the particles and ``mask`` the particle mask (as :func:`prepare_references` got). The
+    options are those of :func:`r2d.align.align` (EMAN2 names)."""
     if weight is not None:
         parts = tf.radial_filter(parts, weight, workers=workers)
+    if mask is not None:
+        parts = parts * mask
     good = refs.good
     a = align(parts, refs.refs[good], aligner, aligncmp, ralign=ralign, raligncmp=raligncmp,
               shrink=shrink, apix=apix, candidates=candidates, ref_ptcl_repr=refs.ptcl_repr[good], workers=workers)
@@ -89,24 +94,25 @@ def align_block(parts: np.ndarray, refs: References, *, weight: np.ndarray | Non
 
 def simmx_blocks(blocks: Iterable[tuple[np.ndarray, np.ndarray]], refs: np.ndarray, n_rows: int, *,
                  ptcl_repr=None, weight: np.ndarray | None = None, center: bool = False,
-                 **options) -> dict[str, np.ndarray]:
+                 mask: np.ndarray | None = None, **options) -> dict[str, np.ndarray]:
     """The matrices (:data:`MATRICES`, each ``(n_rows, A)`` float32) of particles given block by
     block: ``blocks`` yields ``(rows, parts)``, the rows (b,) ints of the matrices and the
     particles (b, n, n) float32; rows never given keep score +inf and a zero transform.
 
     ``refs`` (A, n, n) float32 with ``ptcl_repr`` (A,) (default zeros); ``weight``: the radial
     matched filter of particles and references (none when None); ``center``: centre the
-    references for the search; ``options``: :func:`align_block`'s (``aligner``, ``aligncmp``,
+    references for the search; ``mask`` (n, n): the particle mask of both (the ``maskdiameter``
+    disc, :func:`r2d.transforms.soft_circle`; none when None); ``options``: :func:`align_block`'s (``aligner``, ``aligncmp``,
     ``ralign``, ``raligncmp``, ``cmp``, ``shrink``, ``candidates``, ``apix``, ``workers``).
     """
     A = len(refs)
     out = {k: np.zeros((n_rows, A), dtype=np.float32) for k in ("dx", "dy", "dalpha", "mirror")}
     out["score"] = np.full((n_rows, A), np.inf, dtype=np.float32)
     searched = np.zeros(n_rows, dtype=bool)
-    prepared = prepare_references(refs, ptcl_repr, weight, center=center)
+    prepared = prepare_references(refs, ptcl_repr, weight, center=center, mask=mask)
     cols = np.flatnonzero(prepared.good)
     for rows, parts in blocks:
-        found = align_block(parts, prepared, weight=weight, **options)
+        found = align_block(parts, prepared, weight=weight, mask=mask, **options)
         for key in ("score", "dx", "dy", "dalpha", "mirror"):
             out[key][np.ix_(rows, cols)] = found[key]
         searched[rows] = True

@@ -253,12 +253,15 @@ def edge_mean(images: np.ndarray) -> np.ndarray:
     return s / (2 * images.shape[1] + 2 * images.shape[2])
 
 
-def normalize(images: np.ndarray, mode: str = "normalize", radius: float | None = None, width: float = 2.0) -> np.ndarray:
+def normalize(images: np.ndarray, mode: str = "normalize", radius: float | None = None, width: float = 2.0,
+              mask_radius: float | None = None) -> np.ndarray:
     """EMAN2 ``normalize*`` processors on a stack (float32 copy).
 
-    ``normalize``: (f - mean)/σ; ``normalize.edgemean``: μ = edge mean; ``normalize.circlemean``:
-    μ = mean of the ring ``R ≤ d < R + width`` (negative R counts from n/2, default n/2 - 2);
-    ``normalize.unitlen``: f/‖f‖. Images with σ = 0 are left unchanged.
+    ``normalize``: (f - mean)/σ; ``normalize.edgemean``: μ = edge mean, or with ``mask_radius``
+    (px, the particle mask) the mean of the background outside it (``d ≥ mask_radius``, where
+    any pixels are); ``normalize.circlemean``: μ = mean of the ring ``R ≤ d < R + width``
+    (negative R counts from n/2, default n/2 - 2); ``normalize.unitlen``: f/‖f‖. Images with
+    σ = 0 are left unchanged.
     """
     images = np.asarray(images, dtype=np.float32)
     N, n, _ = images.shape
@@ -274,7 +277,8 @@ def normalize(images: np.ndarray, mode: str = "normalize", radius: float | None 
     if mode == "normalize":
         mu = images.reshape(N, -1).mean(axis=1)
     elif mode == "normalize.edgemean":
-        mu = edge_mean(images)
+        outside = None if mask_radius is None else radius_grid(n) >= mask_radius
+        mu = edge_mean(images) if outside is None or not outside.any() else images[:, outside].mean(axis=1)
     elif mode == "normalize.circlemean":
         R = n / 2 - 2 if radius is None else (n / 2 + radius if radius < 0 else radius)
         d2 = radius_grid(n) ** 2
@@ -294,6 +298,14 @@ def gaussian_mask(n: int, inner: float, width: float) -> np.ndarray:
     """``mask.gaussian``: 1 inside ``inner``, ``exp(-(d-inner)^2/width^2)`` outside, ``(n, n)``."""
     d = radius_grid(n)
     return np.where(d > inner, np.exp(-((d - inner) ** 2) / width**2), 1.0).astype(np.float32)
+
+
+def soft_circle(n: int, radius: float, edge: float = 3.0) -> np.ndarray:
+    """The particle mask: 1 for ``d ≤ radius``, a raised-cosine edge to 0 at ``radius + edge``
+    (px, about the centre pixel ``n//2``), ``(n, n)`` float32."""
+    d = radius_grid(n)
+    t = np.clip((d - radius) / edge, 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
 
 
 def circle_mask(n: int, radius: float) -> np.ndarray:

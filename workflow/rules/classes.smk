@@ -115,10 +115,11 @@ rule classes_final_chunk:
         averager=opt(config["classaverager"]),
         normproc=opt(config["classnormproc"]),
         apix=apix_arg(),
+        mask=mask_arg(),
     shell:
         "r2d fullsize {input.particles} {input.resultmx} -o {output.classes} --resultmx {output.resultmx}"
         " --chunk {wildcards.scatteritem} --averager {params.averager} --normproc {params.normproc}"
-        " {params.apix} --threads {threads} > {log} 2>&1"
+        " {params.apix} {params.mask} --threads {threads} > {log} 2>&1"
 
 
 rule classes_final:

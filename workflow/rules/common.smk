@@ -113,6 +113,11 @@ def output_folder(wildcards, output):
     return os.path.dirname(output[0])
 
 
+def mask_arg():
+    """`--mask-diameter` of the aligning and averaging jobs (config `maskdiameter`, Å), else nothing."""
+    return f"--mask-diameter {config['maskdiameter']}" if config["maskdiameter"] else ""
+
+
 def apix_arg():
     return f"--apix {config['apix']}" if config["apix"] else ""
 
@@ -138,7 +143,7 @@ def simmx_args(align):
         [
             f"--align {opt(align)} --aligncmp {opt(config['simaligncmp'])}",
             f"--ralign {opt(config['simralign'])} --raligncmp {opt(config['simraligncmp'])}",
-            f"--cmp {opt(config['simcmp'])} --shrink {config['shrink']} {exclude_arg()}",
+            f"--cmp {opt(config['simcmp'])} --shrink {config['shrink']} {exclude_arg()} {mask_arg()}",
         ]
     )
 
@@ -158,6 +163,7 @@ def class_args(iterations, prior=False):
             "--automask" if c["automask"] else "",
             f"--maxshift {working_px(c['maxshift'])}",
             "--prior" if prior and c["classprior"] and c["classify"] == "mra" else "",
+            mask_arg(),
         ]
     )
 

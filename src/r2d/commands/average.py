@@ -29,8 +29,9 @@ import logging
 from r2d import io
 from r2d.average import class_averages, class_chunks
 from r2d.ctf import ParticleCTF
+from r2d.masks import particle_mask
 from r2d.commands._classopts import add_class_args
-from r2d.commands._common import add_threads
+from r2d.commands._common import add_mask, add_threads
 from r2d.io import ParticleRows, stack_weight
 
 
@@ -49,6 +50,7 @@ def add_args(p):
     p.add_argument("--chunk", default=None,
                    help="only the classes of chunk i-of-k (balanced by member count, r2d.average.class_chunks); "
                         "'r2d gather' merges the chunks' stacks and result tables")
+    add_mask(p)
     add_threads(p)
 
 
@@ -96,6 +98,7 @@ def main(args):
         maxshift=args.maxshift, apix=apix, workers=args.threads,
         search_weight=stack_weight(stack, workers=args.threads),
         ctf=particle_ctf(stack, particle, apix, args.averager), prior=prior, n_classes=n_classes,
+        mask_radius=particle_mask(stack.box, args.mask_diameter, apix)[1],
     )
     write_result(res, particle, stack, apix, args.output, args.resultmx, args.chunk)
 

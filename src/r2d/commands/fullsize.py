@@ -21,10 +21,11 @@ import numpy as np
 
 from r2d import io
 from r2d.average import class_chunks
-from r2d.commands._common import add_threads
+from r2d.commands._common import add_mask, add_threads
 from r2d.commands.average import particle_ctf, write_result
 from r2d.errors import InputError
 from r2d.fullsize import fixed_averages
+from r2d.masks import particle_mask
 from r2d.io import ParticleRows
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def add_args(p):
     p.add_argument("--averager", default="ctf.weight.autofilt", help="classaverager")
     p.add_argument("--normproc", default="normalize.edgemean", help="classnormproc")
     p.add_argument("--chunk", default=None, help="only the classes of chunk i-of-k (as r2d average)")
+    add_mask(p)
     add_threads(p)
 
 
@@ -70,5 +72,5 @@ def main(args):
         tuple(res[key] for key in ("dalpha", "dx", "dy", "mirror")), res["score"], scale=scale,
         averager=args.averager, normproc=None if args.normproc in ("None", "none", "") else args.normproc,
         ctf=particle_ctf(stack, particle, apix, args.averager), apix=apix, workers=args.threads,
-        n_classes=n_classes)
+        n_classes=n_classes, mask_radius=particle_mask(stack.box, args.mask_diameter, apix)[1])
     write_result(out, particle, stack, apix, args.output, args.out_resultmx, args.chunk)

@@ -18,9 +18,10 @@ import logging
 import numpy as np
 
 from r2d import io
-from r2d.commands._common import add_exclude, add_threads
+from r2d.commands._common import add_exclude, add_mask, add_threads
 from r2d.io import read_exclude, read_good_particles, stack_weight
 from r2d.progress import blocks
+from r2d.masks import particle_mask
 from r2d.simmx import simmx_blocks
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def add_args(p):
                    help="centre the references (xform.center) for the search; the stored transforms "
                         "still bring the particles into the references' own frame")
     add_exclude(p)
+    add_mask(p)
     add_threads(p)
 
 
@@ -57,9 +59,10 @@ def main(args):
     idx = np.arange(lo, hi)
     todo = np.setdiff1d(idx, read_exclude(args.exclude, n))
     weight = stack_weight(stack, workers=args.threads)
+    mask, _ = particle_mask(stack.box, args.mask_diameter, stack.pixel_size)
     out = simmx_blocks(_particle_blocks(stack, todo, lo), refs, hi - lo,
                        ptcl_repr=np.array([h.get("ptcl_repr", 0) for h in heads], dtype=np.float64),
-                       weight=weight, center=args.center, aligner=args.align, aligncmp=args.aligncmp,
+                       weight=weight, center=args.center, mask=mask, aligner=args.align, aligncmp=args.aligncmp,
                        ralign=args.ralign, raligncmp=args.raligncmp, cmp=args.cmp, shrink=args.shrink,
                        candidates=args.candidates, apix=stack.pixel_size, workers=args.threads)
     out["particle"] = idx.astype(np.int64)
