@@ -8,7 +8,8 @@ assignment with the same class sizes, and the number of classes. Junk particles 
 excluded ones are not scored. ``--json FILE`` also writes these numbers.
 
 With ``--map MAP.mrc`` it also scores the class averages of that iteration
-(``classes_YY.hdf``; ``classes_init.hdf`` for iteration 0): the mean and median FRC-0.5
+(``classes_YY.hdf``; ``classes_init.hdf`` for iteration 0; ``--final``: the full-size
+``classes_final.hdf``) at their own pixel size: the mean and median FRC-0.5
 resolution in Å of each average against its best-matching noise-free projection of the map
 (projected at the truth table's views, without shift or CTF; see
 ``r2d.evaluate.average_resolution``).
@@ -39,6 +40,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("truth", metavar="TRUTH.tsv", help="truth table written by r2d simulate")
     parser.add_argument("--iteration", type=int, default=None, metavar="YY",
                         help="iteration to score (default: the highest present)")
+    parser.add_argument("--final", action="store_true",
+                        help="with --map: score the full-size classes_final.hdf (a run with a working stack; "
+                             "the classes of the last iteration) instead of classes_YY.hdf")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the scores as JSON")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random assignment (default 0)")
     parser.add_argument("--map", metavar="MAP.mrc", default=None,
@@ -144,7 +148,8 @@ def _average_scores(rundir: Path, iteration: int, truth: pd.DataFrame, args) -> 
     from r2d.io import read_image_headers, read_image_stack, read_map
     from r2d.simulate import render
 
-    stack = rundir / ("classes_init.hdf" if iteration == 0 else f"classes_{iteration:02d}.hdf")
+    name = "final" if args.final else "init" if iteration == 0 else f"{iteration:02d}"
+    stack = rundir / f"classes_{name}.hdf"
     if not stack.is_file():
         raise InputError(f"{stack}: class averages not found; has iteration {iteration} finished?")
     avg = np.asarray(read_image_stack(stack), dtype=np.float32)
@@ -152,8 +157,9 @@ def _average_scores(rundir: Path, iteration: int, truth: pd.DataFrame, args) -> 
     vol, apix = read_map(args.map, args.apix)
     views = truth[~truth["junk"].astype(bool)].copy() if "junk" in truth else truth.copy()
     views[["shift_x", "shift_y"]] = 0.0
-    proj = render(vol, views.reset_index(), avg.shape[-1], apix, ctf=None)
-    res, _ = average_resolution(avg, proj, float(apix_avg or apix), workers=args.threads)
+    apix_avg = float(apix_avg or apix)  # projections at the averages' pixel size (working or full size)
+    proj = render(vol, views.reset_index(), avg.shape[-1], apix_avg, map_pixel_size=apix, ctf=None)
+    res, _ = average_resolution(avg, proj, apix_avg, workers=args.threads)
     ok = np.isfinite(res)
     return {"average_frc05_mean_A": float(np.mean(res[ok])) if ok.any() else float("nan"),
             "average_frc05_median_A": float(np.median(res[ok])) if ok.any() else float("nan"),
