@@ -15,17 +15,23 @@ runs ``threads`` threads), with ``box`` in px and ``n`` the particles it works o
 170 MiB is Python, numpy and r2d; ``A`` (MiB) the box-dependent tables (aligner); ``img``
 one float32 image, ``box^2 * 4`` bytes, in MiB; ``I`` the images held per particle;
 ``held`` the particles held at once; ``s`` the CPU seconds per particle at 64 px; ``3`` a
-safety factor. ``A``, ``I`` and ``s`` are fitted to the peak RSS and CPU time (``/usr/bin/time``)
-of the jobs on simulated 2000-particle stacks of 64 px and 128 px with 2 threads:
+safety factor. The ``particles`` job adds its parsed table (``row_kb`` per particle) and, when it
+writes a working stack, a block of input images; ``classes_final`` chunks the Fourier half-set
+sums of their classes (``class_images``). ``box`` is the working box for every job but those
+two, which read the input at its own. ``A`` and ``I`` are fitted to the peak RSS of the jobs
+(Snakemake ``benchmark:`` files) in ``benchmarks/scaling.py`` and ``benchmarks/realsize.py``,
+so that every job above half the 500 MiB floor asks for 1-2 x its peak
+(``tests/test_resources.py`` holds the measurements):
 
 =====================  ==========================================================
-simmx chunk (5 refs)   603/642 MiB at 500/2000 particles, 64 px; 2015/2384 MiB at 128 px
-mra chunk (32 refs)    699/739 MiB at 500/2000, 64 px; 2716 MiB at 500, 128 px
-class averaging        709 MiB at 2000, 64 px; 2653 MiB at 2000, 128 px (whole stack)
-input_fp               252/522 MiB at 2000, 64/128 px; its MSA 277/565 MiB
-input_proj chunk       325/477 MiB at 500/2000, 64 px
-others at 64 px        allrefs 401, aliref 168, classify 64, gather 43, montage 101,
-                       export 140 MiB
+simmx chunk (5 refs)   297 MB at 2,000 particles, 80 px; 388 at 96 px; 356 at 128 px
+mra chunk (32-64 refs) 316 MB at 80 px; 414 at 96 px; 432 at 128 px
+class averaging        374 MB at 2,000 particles, 80 px; 641 at 96 px; 668 at 128 px
+classes_init chunk     452 MB at 80 and 96 px, 580 at 128 px (the 2,000-particle subset)
+input_proj chunk       236 / 350 / 433 MB at 80 / 96 / 128 px
+allrefs                205 / 294 / 464 MB at 80 / 96 / 128 px
+particles (256 px)     374 MB writing the 80 px working stack of 4,000 particles
+classes_final (256 px) 476 MB per chunk of 16 classes, 2,000 particles
 =====================  ==========================================================
 
 A value in the config's ``resources: {RULE: {mem_mb: MiB, runtime: minutes}}`` replaces the
@@ -62,7 +68,7 @@ class Cost:
     subset only; ``class_images``: float32 images' worth held per class of the job (Fourier
     half-set sums; the job's classes are ``ceil(ncls / chunks)`` when chunked);
     ``block_images``: images' worth held per particle of one block (``image_block(box)``),
-    whatever it works on; ``row_kb``: KiB per particle of tables that do not depend on the box
+    whatever it works on (the ``particles`` job: only when it writes a working stack); ``row_kb``: KiB per particle of tables that do not depend on the box
     (a parsed STAR/CS table, the index).
     """
 
@@ -84,17 +90,18 @@ def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
         "msa_fp": Cost(0, 4.4, "subset", 0.002, subset=True),  # footprints: ~0.55 img per particle
         "project_fp": Cost(0, 1.8, "subset", 0.001, subset=True),
         "classify": Cost(0, 0.1, "all", 0.0005),
-        "average": Cost(450, 7, "block", 0.0045, classiter + 1),
-        "average_init": Cost(450, 7, "block", 0.0045, 9, subset=True),  # 8 passes + the first average
-        "refs": Cost(250, 0, "all", 0),  # allrefs: class averages and aligner tables
+        "average": Cost(0, 7, "block", 0.0045, classiter + 1),
+        "average_init": Cost(0, 7, "block", 0.0045, 9, subset=True),  # 8 passes + the first average
+        "refs": Cost(75, 0, "all", 0),  # allrefs: class averages and aligner tables
         "light": Cost(0, 0, "all", 0),  # aliref, basis, montages, summary: class averages only
-        "simmx_chunk": Cost(420, 4, "block", 0.0012 * naliref),
-        "mra_chunk": Cost(650, 4, "block", 0.015 * ncls / 32),  # CPU time measured with ncls 32
+        "simmx_chunk": Cost(0, 4, "block", 0.0012 * naliref),
+        "mra_chunk": Cost(0, 4, "block", 0.015 * ncls / 32),  # CPU time measured with ncls 32
         "gather": Cost(0, 0.2, "all", 0.0002),  # score/shift rows: ~0.2 img per particle
-        "input_proj": Cost(150, 7, "block", 0.002),
+        "input_proj": Cost(0, 4, "block", 0.002),
         "export": Cost(0, 1, "block", 0.001),
-        "index": Cost(0, 0, "all", 0.0001, block_images=6, row_kb=2),  # the parsed table; a block and its FFTs
-        "fullsize": Cost(0, 10, "block", 0.0015, class_images=12),
+        # the parsed table; with a working stack a block of the input, its FFTs and the cropped block
+        "index": Cost(0, 0, "all", 0.0001, block_images=3, row_kb=0.5),
+        "fullsize": Cost(0, 6, "block", 0.0015, class_images=12),
     }
 
 
@@ -206,9 +213,11 @@ class ResourceModel:
         box = (self.input_box or self.box) if full else self.box
         img_mb = box * box * 4 / 2**20
         classes = -(-self.ncls // self.chunks) if chunked else self.ncls
+        crops = (self.input_box or self.box) > self.box
+        block = image_block(box) if kind != "index" or crops else 0
         est = (BASE_MB + c.tables_mb * (box / 64) ** 2 + c.row_kb * self.particles(kind, chunked) / 1024
                + img_mb * (c.images * self.held(kind, chunked, box) + c.class_images * classes
-                           + c.block_images * image_block(box)))
+                           + c.block_images * block))
         return max(MIN_MEM_MB, 100 * int(-(-MEM_MARGIN * est // 100)))
 
     def estimate_runtime(self, kind: str, chunked: bool = False, threads: int = 1, full: bool = False) -> int:
