@@ -14,7 +14,9 @@ default, 8 Å, so the full-size run classifies its own working stack and adds th
 Prints, per job kind (rule), the sum of its jobs' wall times, the largest max RSS from the
 Snakemake benchmark files and the memory the job asked for (``resources: mem_mb``, from
 ``r2d.resources``), for both runs; the total wall time of each run and their ratio; and
-the view error against the ground truth per iteration (``r2d evaluate``, as benchmarks/pipeline.py).
+the view error against the ground truth per iteration (``r2d evaluate``, as benchmarks/pipeline.py);
+and for the full-size run's exports, how well the exported poses centre the true molecule centres
+of each class (:func:`centre_residuals`).
 
   $ .venv/bin/python benchmarks/realsize.py [--n 4000] [--box 256] [--apix 1.25] [--working-box 80]
         [--iter 8] [--ncls 32] [--seed 1] [--out /tmp/r2d-realsize] [--keep]
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import starfile
 import yaml
 from scaling import jobs  # benchmarks/: Snakemake benchmark files per job
@@ -133,6 +136,32 @@ def view_errors(run: Path, truth: Path, iters: int, env) -> dict[int, tuple[floa
         except (ValueError, IndexError):
             continue
     return res
+
+
+def centre_residuals(run: Path, truth: Path) -> tuple[np.ndarray, float, tuple]:
+    """Per good classified particle: the distance (Å) of its true molecule centre, moved by its
+    exported pose (``rlnOriginX/YAngst`` then ``rlnAnglePsi``, RELION's convention:
+    ``q = R_psiᵀ (s + o)``, x negated for ``r2dMirror``), from its class's median point; with the
+    export's pixel size and the class averages' shape."""
+    tables = starfile.read(run / "export" / "particles.star", always_dict=True)
+    parts = tables["particles"]
+    apix = float(tables["optics"]["rlnImagePixelSize"].iloc[0])
+    t = pd.read_csv(truth, sep="\t")
+    good = ~t["junk"].astype(bool).to_numpy()
+    psi = np.deg2rad(parts["rlnAnglePsi"].to_numpy())
+    v = t[["shift_x", "shift_y"]].to_numpy() + parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() / apix
+    c, s = np.cos(psi), np.sin(psi)
+    q = np.stack([c * v[:, 0] - s * v[:, 1], s * v[:, 0] + c * v[:, 1]], axis=1)
+    q[parts["r2dMirror"].to_numpy() > 0, 0] *= -1  # RELION has no mirror: the mirrored average's frame
+    cls = parts["rlnClassNumber"].to_numpy()
+    res = []
+    for k in np.unique(cls[cls > 0]):
+        sel = (cls == k) & good
+        if sel.sum() > 1:
+            res.extend(np.linalg.norm(q[sel] - np.median(q[sel], axis=0), axis=1) * apix)
+    with mrcfile.open(run / "export" / "class_averages.mrcs", permissive=True) as m:
+        shape = m.data.shape
+    return np.array(res), apix, shape
 
 
 def requested_mb(wd: Path, data: Path, cfg: dict) -> dict[str, int]:
@@ -245,6 +274,11 @@ def main() -> int:
             continue
         rnd = (f or w)[1]
         print(f"{it:02d}       {f[0] if f else float('nan'):8.1f} {w[0] if w else float('nan'):8.1f} {rnd:8.1f}")
+    res, apix, shape = centre_residuals(full / "run", sim / "truth.tsv")
+    print(f"\nfull-size exports: class averages {shape[0]} x {shape[1]} px at {apix:g} Å/px; true molecule "
+          f"centres moved by the exported poses, distance from their class's point over {len(res)} good "
+          f"particles: median {np.median(res):.1f} Å, mean {res.mean():.1f} Å, 90th percentile "
+          f"{np.percentile(res, 90):.1f} Å")
     if not args.keep:
         for wd in (full, work):
             shutil.rmtree(wd / "run", ignore_errors=True)
