@@ -142,6 +142,27 @@ def test_relion_puts_the_true_molecule_centres_of_a_class_on_one_point(groel_run
     assert np.median(resid) < 4.0, np.percentile(resid, [50, 90])
 
 
+def test_working_stack_is_the_fourier_crop_of_every_particle_and_reproducible(tmp_path):
+    import mrcfile
+
+    data = tmp_path / "data"
+    assert cli.main(["simulate", "--phantom", "--n", "30", "--box", "96", "--apix", "2", "--snr", "1",
+                     "--ctf", "full", "-o", str(data)]) == 0
+    for name in ("a", "b"):
+        assert cli.main(["index", str(data / "particles.star"), "-o", str(tmp_path / f"{name}.h5"),
+                         "--maxres", "8", "--working", str(tmp_path / f"{name}.mrcs")]) == 0
+    assert (tmp_path / "a.mrcs").read_bytes() == (tmp_path / "b.mrcs").read_bytes()
+    assert mrcfile.validate(str(tmp_path / "a.mrcs"))
+    src = io.open_stack(data / "particles.star")
+    work = io.open_stack(tmp_path / "a.h5")
+    assert work.box == 48 and work.pixel_size == pytest.approx(4.0)
+    np.testing.assert_array_equal(work.read(slice(None)), tf.fourier_crop(src.read(slice(None)), 48))
+    with mrcfile.open(tmp_path / "a.mrcs") as m:
+        d = m.data.astype(np.float64)
+        assert (m.header.dmin, m.header.dmax) == (np.float32(d.min()), np.float32(d.max()))
+        assert float(m.header.rms) == pytest.approx(d.std(), rel=1e-5)
+
+
 def test_maxres_finer_than_the_input_runs_at_full_resolution(tmp_path, caplog):
     import logging
 

@@ -83,14 +83,15 @@ def working_geometry(box: int, apix: float | None, maxres: float | None, *, stri
                         f"(input {box} px at {apix:g} Å/px)")
 
 
-def write_working_stack(stack, out: np.ndarray, m: int, *, workers: int = 1) -> None:
+def write_working_stack(stack, out, m: int, *, workers: int = 1) -> None:
     """Fourier-crop every particle of ``stack`` (an :class:`r2d.io.Stack`, read once, in blocks
-    of 64 MiB, :func:`r2d.io.image_block`) to ``m`` px into ``out`` ((N, m, m) float32, e.g. the
-    memory map of :func:`r2d.io.new_mrcs`). NaN/Inf particles stay non-finite and constant ones
-    constant, so the data checks of later steps find the same bad particles as on the input."""
+    of 64 MiB, :func:`r2d.io.image_block`) to ``m`` px and append it to ``out`` (the writer of
+    :func:`r2d.io.stream_mrcs`, plain file writes: memory stays one block however large the
+    stack). NaN/Inf particles stay non-finite and constant ones constant, so the data checks of
+    later steps find the same bad particles as on the input."""
     from r2d.io import image_block
 
     block = image_block(stack.box)
     for lo in range(0, stack.n, block):
         hi = min(stack.n, lo + block)
-        out[lo:hi] = fourier_crop(stack.read(slice(lo, hi)), m, workers=workers)
+        out.write(fourier_crop(stack.read(slice(lo, hi)), m, workers=workers))

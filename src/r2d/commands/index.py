@@ -60,7 +60,7 @@ def main(args) -> int:
     if not args.working:
         raise ConfigError(f"--maxres {args.maxres:g} crops the {stack.box} px particles to {w.box} px: "
                          "give --working FILE.mrcs for the working stack")
-    with io.new_mrcs(args.working, (stack.n, w.box, w.box), pixel_size=w.apix) as out:
+    with io.stream_mrcs(args.working, (stack.n, w.box, w.box), pixel_size=w.apix) as out:
         write_working_stack(stack, out, w.box, workers=args.threads)
     working = io.Stack(args.working, [_open_image_file(Path(args.working))], pixel_size=w.apix, ctf=ctf,
                        source=stack.source)

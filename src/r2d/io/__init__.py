@@ -18,7 +18,7 @@ One job per module; every name is re-exported here, so callers write ``r2d.io.X`
 * :mod:`r2d.io.stacks`: :func:`open_stack`, which picks the reader by extension;
 * :mod:`r2d.io.hdf`: EMAN2 HDF stacks (:func:`write_image_stack`, :func:`read_image_headers`,
   :func:`read_image_stack`, :func:`user_header`);
-* :mod:`r2d.io.mrcs`: MRC stack writers (:func:`write_mrcs`, :func:`new_mrcs`);
+* :mod:`r2d.io.mrcs`: MRC stack writers (:func:`write_mrcs`, :func:`new_mrcs`, :func:`stream_mrcs`);
 * :mod:`r2d.io.matrix`: matrix files (:func:`write_matrix`, :func:`read_matrix`,
   :func:`read_matrix_attrs`);
 * :mod:`r2d.io.blocks`: :func:`image_block`, :func:`chunk_index`, :func:`chunk_range`;
@@ -52,7 +52,7 @@ from r2d.io.images import (
 from r2d.io.index import INDEX_MARK, write_particle_index
 from r2d.io.maps import read_map
 from r2d.io.matrix import read_matrix, read_matrix_attrs, write_matrix
-from r2d.io.mrcs import new_mrcs, write_mrcs
+from r2d.io.mrcs import new_mrcs, stream_mrcs, write_mrcs
 from r2d.io.particles import (
     ParticleRows,
     bad_mask,
@@ -67,7 +67,7 @@ from r2d.io.star import read_star_metadata
 __all__ = [
     "HDF_EXTENSIONS", "IMAGE_CONSTANT", "IMAGE_NONFINITE", "IMAGE_OK", "IMAGE_PROBLEMS", "INDEX_MARK",
     "MRC_EXTENSIONS", "ParticleRows", "Stack", "atomic_write", "bad_mask", "chunk_index", "chunk_range",
-    "image_block", "image_problems", "new_mrcs", "open_stack", "read_cs_metadata", "read_exclude",
+    "image_block", "image_problems", "new_mrcs", "open_stack", "stream_mrcs", "read_cs_metadata", "read_exclude",
     "read_good_particles", "read_image_headers", "read_image_stack", "read_map", "read_matrix",
     "read_matrix_attrs", "read_particles", "read_star_metadata", "stack_weight", "user_header",
     "write_image_stack", "write_matrix", "write_mrcs", "write_particle_index",
