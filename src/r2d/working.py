@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-
 from r2d.errors import ConfigError
 from r2d.transforms import fourier_crop
 
