@@ -31,16 +31,20 @@ PINNED = {
 }
 
 # measured peaks (max RSS MB, Snakemake benchmark files) of the heavy jobs, docs/benchmarks.md:
-# benchmarks/scaling.py (100,000 x 128 px, 10,000 x 96 px) and benchmarks/realsize.py (4,000
-# raw 256 px particles at 1.25 Å, working stack 80 px); the larger chunk where two were measured
+# benchmarks/scaling.py (100,000 x 128 px, 10,000 x 96 px; ncls 64) and benchmarks/realsize.py
+# (4,000 raw 256 px particles at 1.25 Å, ncls 32; 20,000 of 320 px at 1.3 Å, ncls 64; working
+# stacks of 80 and 104 px); the larger chunk where two were measured. Key: (n, box, apix, ncls)
 MEASURED = {
-    ("scaling", 100_000, 128, None): {"simmx_chunk": 356, "mra_chunk": 432, "input_proj_chunk": 433,
-                                      "classes_chunk": 668, "classes_init_chunk": 580, "allrefs": 464},
-    ("scaling", 10_000, 96, None): {"simmx_chunk": 388, "mra_chunk": 414, "input_proj_chunk": 350,
-                                    "classes_chunk": 641, "classes_init_chunk": 452},
-    ("realsize", 4_000, 256, 1.25): {"particles": 374, "classes_init_chunk": 452, "simmx_chunk": 297,
-                                     "mra_chunk": 316, "classes_chunk": 374, "classes_final_chunk": 476,
-                                     "input_fp_basis": 324},
+    (100_000, 128, None, 64): {"simmx_chunk": 356, "mra_chunk": 432, "input_proj_chunk": 433,
+                               "classes_chunk": 668, "classes_init_chunk": 580, "allrefs": 464},
+    (10_000, 96, None, 64): {"simmx_chunk": 388, "mra_chunk": 414, "input_proj_chunk": 350,
+                             "classes_chunk": 641, "classes_init_chunk": 452},
+    (4_000, 256, 1.25, 32): {"particles": 384, "classes_init_chunk": 452, "simmx_chunk": 297,
+                             "mra_chunk": 316, "classes_chunk": 374, "classes_final_chunk": 477,
+                             "input_fp_basis": 324},
+    (20_000, 320, 1.3, 64): {"particles": 432, "classes_init_chunk": 550, "simmx_chunk": 400,
+                             "mra_chunk": 418, "input_proj_chunk": 467, "classes_chunk": 574,
+                             "classes_final_chunk": 661, "allrefs": 409, "input_fp_basis": 417},
 }
 
 
@@ -49,11 +53,11 @@ def test_estimates_cover_the_measured_peaks_within_twice(key):
     """Every heavy job asks for at least its measured peak and at most twice it (or the floor)."""
     from r2d.working import working_geometry
 
-    _, n, box, apix = key
+    n, box, apix, ncls = key
     facts = {"n": n, "n_used": n, "box": box}
     if apix:
         facts["working"] = working_geometry(box, apix, 8)
-    m = ResourceModel.from_config({**CONFIG, **({"ncls": 64} if key[0] == "scaling" else {})}, facts)
+    m = ResourceModel.from_config({**CONFIG, "ncls": ncls}, facts)
     for rule, peak in MEASURED[key].items():
         asked = m.mem_mb(rule)
         assert peak <= asked <= max(2 * peak, MIN_MEM_MB), (rule, peak, asked)
@@ -111,7 +115,7 @@ def test_whole_stack_jobs_grow_with_the_dataset():
 
 def test_jobs_on_the_working_stack_follow_its_box_the_full_size_ones_the_input():
     """With a working stack (256 px at 1.25 Å -> 80 px) every job is sized as on an 80 px input
-    except those that read the input (particles, classes_final*), sized at 256 px."""
+    except those that read the input (particles, classes_final_chunk), sized at 256 px."""
     from r2d.working import working_geometry
 
     n = 100_000
@@ -119,7 +123,7 @@ def test_jobs_on_the_working_stack_follow_its_box_the_full_size_ones_the_input()
     cropped = ResourceModel.from_config(CONFIG, {"n": n, "n_used": n, "box": 256, "working": w})
     small, big = model(n=n, box=80), model(n=n, box=256)
     full = {r for r, j in JOBS.items() if j.full}
-    assert full == {"particles", "classes_final_chunk", "classes_final"}
+    assert full == {"particles", "classes_final_chunk"}
     for rule in JOBS:
         want = big if rule in full else small
         if rule == "particles":  # it also reads the input block by block to write the working stack

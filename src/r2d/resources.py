@@ -139,7 +139,7 @@ JOBS: dict[str, Job] = {
     "classes_chunk": Job("average", chunked=True, threaded=True),
     "classes": Job("gather"),
     "classes_final_chunk": Job("fullsize", chunked=True, threaded=True, full=True),
-    "classes_final": Job("gather", full=True),
+    "classes_final": Job("gather"),  # the result tables and K averages: not a stack of full-size images
     "montage_final": Job("light"),
     "montage_init": Job("light"),
     "montage": Job("light"),
