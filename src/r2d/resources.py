@@ -30,8 +30,9 @@ class averaging        374 MB at 2,000 particles, 80 px; 641 at 96 px; 668 at 12
 classes_init chunk     452 MB at 80 and 96 px, 580 at 128 px (the 2,000-particle subset)
 input_proj chunk       236 / 350 / 433 MB at 80 / 96 / 128 px
 allrefs                205 / 294 / 464 MB at 80 / 96 / 128 px
-particles (256 px)     374 MB writing the 80 px working stack of 4,000 particles
-classes_final (256 px) 476 MB per chunk of 16 classes, 2,000 particles
+simmx / mra / classes  400 / 418 / 574 MB at 10,000 particles of 104 px (ncls 64)
+particles (256, 320)   384 / 432 MB writing the working stacks of 4,000 x 80 / 20,000 x 104 px
+classes_final (256 px) 477 MB per chunk of 16 classes, 2,000 particles; 661 MB at 320 px
 =====================  ==========================================================
 
 A value in the config's ``resources: {RULE: {mem_mb: MiB, runtime: minutes}}`` replaces the
