@@ -9,10 +9,11 @@ the dataset beyond one block.
 Per rule (``JOBS``: the job's :class:`Cost` kind, whether it works on one chunk, whether it
 runs ``threads`` threads), with ``box`` in px and ``n`` the particles it works on::
 
-    mem_mb  = 1.25 * (170 + A * (box/64)^2 + I * img * held)  rounded up to 100 MiB, >= 500
+    mem_mb  = 1.25 * (170 + A * (box/64)^2 + A4 * (box/64)^4 + I * img * held)  rounded up to 100 MiB, >= 500
     runtime = ceil(3 * s * n * (box/64)^3 * passes / threads / 60) minutes, >= 10
 
-170 MiB is Python, numpy and r2d; ``A`` (MiB) the box-dependent tables (aligner); ``img``
+170 MiB is Python, numpy and r2d; ``A`` (MiB) the box-dependent tables (aligner), ``A4`` those
+that grow with box⁴ (``tables4_mb``); ``img``
 one float32 image, ``box^2 * 4`` bytes, in MiB; ``I`` the images held per particle;
 ``held`` the particles held at once; ``s`` the CPU seconds per particle at 64 px; ``3`` a
 safety factor. The ``particles`` job adds its parsed table (``row_kb`` per particle) and, when it
@@ -33,6 +34,7 @@ allrefs                205 / 294 / 464 MB at 80 / 96 / 128 px
 simmx / mra / classes  400 / 418 / 574 MB at 10,000 particles of 104 px (ncls 64)
 particles (256, 320)   384 / 432 MB writing the working stacks of 4,000 x 80 / 20,000 x 104 px
 classes_final (256 px) 477 MB per chunk of 16 classes, 2,000 particles; 661 MB at 320 px
+class averaging, 256 px about 2.0 GB per chunk with every step at 256 px (maxres null)
 =====================  ==========================================================
 
 A value in the config's ``resources: {RULE: {mem_mb: MiB, runtime: minutes}}`` replaces the
@@ -70,7 +72,9 @@ class Cost:
     half-set sums; the job's classes are ``ceil(ncls / chunks)`` when chunked);
     ``block_images``: images' worth held per particle of one block (``image_block(box)``),
     whatever it works on (the ``particles`` job: only when it writes a working stack); ``row_kb``: KiB per particle of tables that do not depend on the box
-    (a parsed STAR/CS table, the index).
+    (a parsed STAR/CS table, the index); ``tables4_mb``: MiB at 64 px of the search tables that
+    grow with box⁴ (every reference's polar spectra at every shift of a grid ∝ box²: negligible up
+    to 128 px, 1.4 GB in a 256 px class-averaging chunk).
     """
 
     tables_mb: float
@@ -82,6 +86,7 @@ class Cost:
     class_images: float = 0
     block_images: float = 0
     row_kb: float = 0
+    tables4_mb: float = 0
 
 
 def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
@@ -91,12 +96,12 @@ def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
         "msa_fp": Cost(0, 4.4, "subset", 0.002, subset=True),  # footprints: ~0.55 img per particle
         "project_fp": Cost(0, 1.8, "subset", 0.001, subset=True),
         "classify": Cost(0, 0.1, "all", 0.0005),
-        "average": Cost(0, 7, "block", 0.0045, classiter + 1),
-        "average_init": Cost(0, 7, "block", 0.0045, 9, subset=True),  # 8 passes + the first average
+        "average": Cost(0, 7, "block", 0.0045, classiter + 1, tables4_mb=5),
+        "average_init": Cost(0, 7, "block", 0.0045, 9, subset=True, tables4_mb=5),  # 8 passes + the first average
         "refs": Cost(75, 0, "all", 0),  # allrefs: class averages and aligner tables
         "light": Cost(0, 0, "all", 0),  # aliref, basis, montages, summary: class averages only
         "simmx_chunk": Cost(0, 4, "block", 0.0012 * naliref),
-        "mra_chunk": Cost(0, 4, "block", 0.015 * ncls / 32),  # CPU time measured with ncls 32
+        "mra_chunk": Cost(0, 4, "block", 0.015 * ncls / 32, tables4_mb=5),  # CPU time measured with ncls 32
         "gather": Cost(0, 0.2, "all", 0.0002),  # score/shift rows: ~0.2 img per particle
         "input_proj": Cost(0, 4, "block", 0.002),
         "export": Cost(0, 1, "block", 0.001),
@@ -216,7 +221,8 @@ class ResourceModel:
         classes = -(-self.ncls // self.chunks) if chunked else self.ncls
         crops = (self.input_box or self.box) > self.box
         block = image_block(box) if kind != "index" or crops else 0
-        est = (BASE_MB + c.tables_mb * (box / 64) ** 2 + c.row_kb * self.particles(kind, chunked) / 1024
+        est = (BASE_MB + c.tables_mb * (box / 64) ** 2 + c.tables4_mb * (box / 64) ** 4
+               + c.row_kb * self.particles(kind, chunked) / 1024
                + img_mb * (c.images * self.held(kind, chunked, box) + c.class_images * classes
                            + c.block_images * block))
         return max(MIN_MEM_MB, 100 * int(-(-MEM_MARGIN * est // 100)))
