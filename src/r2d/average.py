@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from r2d import transforms as tf
-from r2d.io import image_block
+from r2d.io import chunk_index, image_block
 from r2d.align import align
 from r2d.centering import center_shift
 from r2d.cmp import compare
@@ -106,6 +106,14 @@ class ClassAverages:
 
 # ----------------------------------------------------------------------------------------
 # class chunks
+
+
+def chunk_label(label: np.ndarray, chunk: str) -> np.ndarray:
+    """``label`` (N,) with the members of every class outside chunk ``chunk`` (``"i-of-k"``,
+    :func:`class_chunks`) set to −1: what one class-averaging chunk job averages."""
+    i, k = chunk_index(chunk)
+    mine = class_chunks(label, k)[np.maximum(label, 0)] == i - 1
+    return np.where(mine, label, -1)
 
 
 def class_chunks(label: np.ndarray, k: int) -> np.ndarray:
@@ -451,13 +459,18 @@ def _first_transforms(m: _Members, dx: np.ndarray, dy: np.ndarray) -> list[np.nd
 def _member_quality(m: _Members, score: np.ndarray, keep: float, keepsig: bool):
     """From the last pass's ``score`` (N,) float64: ``use`` (N,) bool (kept by ``keep``/``keepsig``,
     :func:`_keep_flags`) and each class's mean and σ of its members' scores, (K,) float64 each."""
+    use = _keep_flags(score, m.lab, m.K, keep, keepsig)
+    return (use, *_score_stats(m, score))
+
+
+def _score_stats(m: _Members, score: np.ndarray):
+    """Each class's mean and σ of its members' ``score`` (N,), (K,) float64 each."""
     lab, valid, K = m.lab, m.valid, m.K
-    use = _keep_flags(score, lab, K, keep, keepsig)
     s = np.where(valid, score, 0.0)
     c = np.maximum(m.counts, 1)
     qual = np.bincount(lab[valid], s[valid], K) / c
     qual_sigma = np.sqrt(np.maximum(np.bincount(lab[valid], s[valid] ** 2, K) / c - qual**2, 0))
-    return use, qual, qual_sigma
+    return qual, qual_sigma
 
 
 def _iterate(job: _Job, m: _Members, passes, ref, par, *, iterations, keep, keepsig, local, averager, automask):

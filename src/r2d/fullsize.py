@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from r2d import transforms as tf
-from r2d.average import ClassAverages, _members, _result, normalize_particles
+from r2d.average import ClassAverages, _members, _result, _score_stats, _usable_ctf, normalize_particles
 from r2d.averagers import Accumulator
 from r2d.ctf import ParticleCTF
 from r2d.io import image_block
@@ -47,16 +47,13 @@ def fixed_averages(particles, label: np.ndarray, used: np.ndarray, transforms, s
     label = np.asarray(label, dtype=np.int64)
     N, n = len(particles), particles.shape[-1]
     averager = parse(averager, "averager") if not isinstance(averager, Option) else averager
-    norm = parse(normproc, "normalizer") if isinstance(normproc, str) else normproc
+    norm = parse(normproc, "normalizer") if isinstance(normproc, str) else normproc  # "None" -> None
     K = max(int(label.max(initial=-1)) + 1, n_classes or 0)
     m = _members(label, K, None)
     alpha, tx, ty, mirror = (np.asarray(v, dtype=np.float64) for v in transforms)
     final = (alpha, tx * scale, ty * scale, mirror)
     use = np.asarray(used, dtype=bool) & m.valid
-    if ctf is not None and not averager.name.startswith("ctf."):
-        ctf = None
-    if ctf is not None and len(ctf) != N:
-        raise ValueError(f"{len(ctf)} CTF entries for {N} particles")
+    ctf = _usable_ctf(averager, ctf, N)
     acc = Accumulator(n, m.lab, use, K, averager, ctf=ctf, workers=workers)
     rows_used = np.flatnonzero(use)
     block = block or image_block(n)
@@ -67,7 +64,5 @@ def fixed_averages(particles, label: np.ndarray, used: np.ndarray, transforms, s
         log.info("full-size averages: %d of %d members", min(lo + block, len(rows_used)), len(rows_used))
     avgs, halves = acc.finish(return_halves=True)
     score = np.where(m.valid, np.asarray(score, dtype=np.float64), 0.0)
-    c = np.maximum(m.counts, 1)
-    qual = np.bincount(m.lab[m.valid], score[m.valid], K) / c
-    qual_sigma = np.sqrt(np.maximum(np.bincount(m.lab[m.valid], score[m.valid] ** 2, K) / c - qual**2, 0))
+    qual, qual_sigma = _score_stats(m, score)
     return _result(m, avgs, halves, final, use, score, qual, qual_sigma, apix, ctf_corrected=acc.ctf is not None)

@@ -71,7 +71,7 @@ class Cost:
     subset only; ``class_images``: float32 images' worth held per class of the job (Fourier
     half-set sums; the job's classes are ``ceil(ncls / chunks)`` when chunked);
     ``block_images``: images' worth held per particle of one block (``image_block(box)``),
-    whatever it works on (the ``particles`` job: only when it writes a working stack); ``row_kb``: KiB per particle of tables that do not depend on the box
+    whatever it works on (with ``crops``: only when the run has a working stack to write); ``row_kb``: KiB per particle of tables that do not depend on the box
     (a parsed STAR/CS table, the index); ``tables4_mb``: MiB at 64 px of the search tables that
     grow with box⁴ (every reference's polar spectra at every shift of a grid ∝ box²: negligible up
     to 128 px, 1.4 GB in a 256 px class-averaging chunk).
@@ -87,6 +87,7 @@ class Cost:
     block_images: float = 0
     row_kb: float = 0
     tables4_mb: float = 0
+    crops: bool = False
 
 
 def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
@@ -106,7 +107,7 @@ def costs(ncls: int, naliref: int, classiter: int) -> dict[str, Cost]:
         "input_proj": Cost(0, 4, "block", 0.002),
         "export": Cost(0, 1, "block", 0.001),
         # the parsed table; with a working stack a block of the input, its FFTs and the cropped block
-        "index": Cost(0, 0, "all", 0.0001, block_images=3, row_kb=0.5),
+        "index": Cost(0, 0, "all", 0.0001, block_images=3, row_kb=0.5, crops=True),
         "fullsize": Cost(0, 6, "block", 0.0015, class_images=12),
     }
 
@@ -219,8 +220,8 @@ class ResourceModel:
         box = (self.input_box or self.box) if full else self.box
         img_mb = box * box * 4 / 2**20
         classes = -(-self.ncls // self.chunks) if chunked else self.ncls
-        crops = (self.input_box or self.box) > self.box
-        block = image_block(box) if kind != "index" or crops else 0
+        cropping = (self.input_box or self.box) > self.box
+        block = image_block(box) if cropping or not c.crops else 0
         est = (BASE_MB + c.tables_mb * (box / 64) ** 2 + c.tables4_mb * (box / 64) ** 4
                + c.row_kb * self.particles(kind, chunked) / 1024
                + img_mb * (c.images * self.held(kind, chunked, box) + c.class_images * classes

@@ -11,13 +11,11 @@ converts them, and the rotation centre (pixel ``n // 2`` ↔ ``m // 2``) is kept
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from r2d.errors import ConfigError
+from r2d.io import image_block
 from r2d.transforms import fourier_crop
-
-log = logging.getLogger(__name__)
 
 #: smallest working box (px) a ``maxres`` may leave
 MIN_WORKING_BOX = 32
@@ -87,8 +85,6 @@ def write_working_stack(stack, out, m: int, *, workers: int = 1) -> None:
     :func:`r2d.io.stream_mrcs`, plain file writes: memory stays one block however large the
     stack). NaN/Inf particles stay non-finite and constant ones constant, so the data checks of
     later steps find the same bad particles as on the input."""
-    from r2d.io import image_block
-
     block = image_block(stack.box)
     for lo in range(0, stack.n, block):
         hi = min(stack.n, lo + block)

@@ -27,7 +27,7 @@ import numpy as np
 import logging
 
 from r2d import io
-from r2d.average import class_averages, class_chunks
+from r2d.average import chunk_label, class_averages
 from r2d.ctf import ParticleCTF
 from r2d.masks import particle_mask
 from r2d.commands._classopts import add_class_args
@@ -77,9 +77,7 @@ def main(args):
     label = np.where(parts.bad(), -1, cmx["class"])  # NaN/Inf or blank particles are never averaged in
     n_classes = int(label.max(initial=-1)) + 1
     if args.chunk:  # only this chunk's classes; the others' members are left out (class -1)
-        i, k = io.chunk_index(args.chunk)
-        mine = class_chunks(label, k)[np.maximum(label, 0)] == i - 1
-        label = np.where(mine, label, -1)
+        label = chunk_label(label, args.chunk)
         log.info("chunk %s: %d classes, %d particles", args.chunk, len(np.unique(label[label >= 0])),
                  int((label >= 0).sum()))
     apix = stack.pixel_size or args.apix

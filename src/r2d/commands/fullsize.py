@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 from r2d import io
-from r2d.average import class_chunks
+from r2d.average import chunk_label
 from r2d.commands._common import add_mask, add_threads
 from r2d.commands.average import particle_ctf, write_result
 from r2d.errors import InputError
@@ -60,9 +60,7 @@ def main(args):
     label = np.asarray(res["class"], dtype=np.int64)
     n_classes = int(label.max(initial=-1)) + 1
     if args.chunk:
-        i, k = io.chunk_index(args.chunk)
-        mine = class_chunks(label, k)[np.maximum(label, 0)] == i - 1
-        label = np.where(mine, label, -1)
+        label = chunk_label(label, args.chunk)
     apix = stack.pixel_size or args.apix
     log.info("%s: %d classes, %d particles of %d px (shifts x %.4g from the %d px working images)",
              args.chunk or "all", len(np.unique(label[label >= 0])), int((label >= 0).sum()), stack.box, scale,
@@ -70,7 +68,7 @@ def main(args):
     out = fixed_averages(
         ParticleRows(stack, particle), label, res["used"] != 0,
         tuple(res[key] for key in ("dalpha", "dx", "dy", "mirror")), res["score"], scale=scale,
-        averager=args.averager, normproc=None if args.normproc in ("None", "none", "") else args.normproc,
+        averager=args.averager, normproc=args.normproc,
         ctf=particle_ctf(stack, particle, apix, args.averager), apix=apix, workers=args.threads,
         n_classes=n_classes, mask_radius=particle_mask(stack.box, args.mask_diameter, apix)[1])
     write_result(out, particle, stack, apix, args.output, args.out_resultmx, args.chunk)
