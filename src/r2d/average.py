@@ -25,7 +25,7 @@ from r2d.averagers import Accumulator
 from r2d.fsc import fsc_resolution
 from r2d.masks import particle_mask
 from r2d.options import Option, parse
-from r2d.prepared import Prepared, flip_and_filter
+from r2d.prepared import Prepared, search_images
 
 log = logging.getLogger(__name__)
 
@@ -306,13 +306,9 @@ class _Job:
     def prepare(self, rows):
         """Particles ``rows`` (b,): normalised (X), phase-flipped in their own frame (Xc, for the
         search and the bootstrap), and matched-filtered for the search (Xs); each (b, n, n) float32."""
-        P = np.asarray(self.particles[rows], dtype=np.float32)
-        X = normalize_particles(P, self.norm, self.mask_radius)
-        Xc, Xs = flip_and_filter(X, None if self.ctf is None else self.ctf.take(rows), self.search_weight,
-                                  workers=self.workers)
-        if self.mask is not None:
-            Xs = Xs * self.mask
-        return X, Xc, Xs
+        return search_images(self.particles[rows], None if self.ctf is None else self.ctf.take(rows),
+                             norm=self.norm, weight=self.search_weight, mask=self.mask,
+                             mask_radius=self.mask_radius, workers=self.workers)
 
     def images(self, rows):
         """:meth:`prepare` of ``rows`` (distinct, increasing), from ``whole`` when prepared once."""
@@ -574,17 +570,6 @@ def _result(m: _Members, avgs, halves, final, used, score, qual, qual_sigma, api
         n_excluded=(counts - ptcl_repr)[nonempty], mean_score=mean_score[nonempty], fsc=fsc[nonempty],
         resolution=resolution[nonempty], ctf_corrected=ctf_corrected,
     )
-
-
-def normalize_particles(P: np.ndarray, norm: Option | None, mask_radius: float | None = None) -> np.ndarray:
-    """Particles ``P`` (b, n, n) normalised by ``norm`` (``classnormproc``; None: as they are), the
-    background of ``normalize.edgemean`` outside ``mask_radius`` px when given."""
-    if norm is None:
-        return P
-    kw = {"radius": norm.get("radius")} if "radius" in norm.params else {}
-    if norm.name == "normalize.edgemean":
-        kw["mask_radius"] = mask_radius
-    return tf.normalize(P, norm.name, **kw)
 
 
 def _plain_ccc(option) -> bool:

@@ -15,7 +15,8 @@ import logging
 import numpy as np
 
 from r2d import transforms as tf
-from r2d.average import ClassAverages, _members, _result, _score_stats, _usable_ctf, normalize_particles
+from r2d.average import ClassAverages, _members, _result, _score_stats, _usable_ctf
+from r2d.prepared import normalize_particles
 from r2d.averagers import Accumulator
 from r2d.ctf import ParticleCTF
 from r2d.io import image_block

@@ -10,6 +10,7 @@ import scipy.fft as sfft
 from r2d import transforms as tf
 from r2d.averagers import member_batch
 from r2d.ctf import ParticleCTF
+from r2d.options import Option
 
 
 class Prepared:
@@ -85,3 +86,29 @@ def flip_and_filter(images: np.ndarray, ctf: ParticleCTF | None, weight: np.ndar
             F *= H
             Xs[sel] = sfft.irfft2(F, s=(n, n), workers=workers)
     return Xc, Xs
+
+
+def normalize_particles(P: np.ndarray, norm: Option | None, mask_radius: float | None = None) -> np.ndarray:
+    """Particles ``P`` (b, n, n) normalised by ``norm`` (``classnormproc``; None: as they are), the
+    background of ``normalize.edgemean`` outside ``mask_radius`` px when given."""
+    if norm is None:
+        return P
+    kw = {"radius": norm.get("radius")} if "radius" in norm.params else {}
+    if norm.name == "normalize.edgemean":
+        kw["mask_radius"] = mask_radius
+    return tf.normalize(P, norm.name, **kw)
+
+
+def search_images(particles: np.ndarray, ctf: ParticleCTF | None, *, norm: Option | None,
+                  weight: np.ndarray | None, mask: np.ndarray | None = None, mask_radius: float | None = None,
+                  workers: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, Xc, Xs)`` of ``particles`` (b, n, n), each (b, n, n) float32: normalised by ``norm``
+    (:func:`normalize_particles`, background outside ``mask_radius``), those phase-flipped in
+    their own frame with their ``ctf`` (:func:`flip_and_filter`), and those filtered by the radial
+    ``weight`` and multiplied by ``mask`` ((n, n) or None): the images that class averaging
+    averages, bootstraps from and aligns."""
+    X = normalize_particles(np.asarray(particles, dtype=np.float32), norm, mask_radius)
+    Xc, Xs = flip_and_filter(X, ctf, weight, workers=workers)
+    if mask is not None:
+        Xs = Xs * mask
+    return X, Xc, Xs

@@ -63,9 +63,10 @@ rule classes_chunk:
         runtime=job_runtime,
     params:
         opts=class_args(config["classiter"], prior=True),
+        split=lambda wildcards: split_arg(wildcards.it),
     shell:
         "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
-        " --chunk {wildcards.scatteritem} {params.opts} --threads {threads} > {log} 2>&1"
+        " --chunk {wildcards.scatteritem} {params.opts} {params.split} --threads {threads} > {log} 2>&1"
 
 
 rule classes:

@@ -6,6 +6,7 @@ import sys
 from r2d.check import INIT_CLASSES, check_workflow_config, format_error
 from r2d.errors import UserError
 from r2d import options
+from r2d.split import schedule
 from r2d.resources import ResourceModel
 
 # Up-front check, before any job runs, with r2d.check (the checks `r2d check` runs): the
@@ -39,6 +40,28 @@ wildcard_constraints:
 
 scattergather:
     chunk=config["chunks"],
+
+
+# mragrow (classify mra, no `initial`): the classes of classes_init, classes_01, ... grow by
+# division (r2d.split.schedule; 8 iterations, 32 classes: 4, 8, 16, 32, 32, ...) from one
+# class in classmx_00; None: ncls classes from the initial k-means on
+GROW = (
+    schedule(config["ncls"], config["iter"])
+    if config["classify"] == "mra" and config["mragrow"] and not config["initial"]
+    else None
+)
+
+
+def split_arg(it):
+    """`r2d average --split K` of classes_init (`it` 0) or classes_{it}: K = GROW[it]; '' without."""
+    return "" if GROW is None else f"--split {GROW[int(it)]}"
+
+
+def nbasis_of(wildcards):
+    """basis_{it}'s nbasisfp: at most the classes its allrefs come from (fewer while they grow)."""
+    if GROW is None:
+        return config["nbasisfp"]
+    return min(config["nbasisfp"], GROW[int(wildcards.it) - 1])
 
 
 def art(name):

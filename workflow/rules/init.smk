@@ -112,7 +112,7 @@ rule classmx_00:
         mem_mb=job_mem_mb,
         runtime=job_runtime,
     params:
-        ncls=min(INIT_CLASSES, config["ncls"]),
+        ncls=1 if GROW else min(INIT_CLASSES, config["ncls"]),
         minchange=config["minchange"],
         fastseed="--fastseed" if config["fastseed"] else "",
         seed=iteration_seed(0),
@@ -140,9 +140,10 @@ rule classes_init_chunk:
         runtime=job_runtime,
     params:
         opts=class_args(8),
+        split=split_arg(0),
     shell:
         "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
-        " --chunk {wildcards.scatteritem} {params.opts} --threads {threads} > {log} 2>&1"
+        " --chunk {wildcards.scatteritem} {params.opts} {params.split} --threads {threads} > {log} 2>&1"
 
 
 rule classes_init:

@@ -44,7 +44,7 @@ rule basis:
         mem_mb=job_mem_mb,
         runtime=job_runtime,
     params:
-        nbasis=config["nbasisfp"],
+        nbasis=nbasis_of,
         seed=seed_of_iteration,
     shell:
         "r2d msa {input} -o {output} --nbasis {params.nbasis} --seed {params.seed} > {log} 2>&1"

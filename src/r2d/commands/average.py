@@ -27,12 +27,13 @@ import numpy as np
 import logging
 
 from r2d import io
-from r2d.average import chunk_label, class_averages
+from r2d.average import chunk_label
 from r2d.ctf import ParticleCTF
 from r2d.masks import particle_mask
 from r2d.commands._classopts import add_class_args
 from r2d.commands._common import add_mask, add_threads
 from r2d.io import ParticleRows, stack_weight
+from r2d.split import divided_averages, split_counts
 
 
 def add_args(p):
@@ -50,6 +51,10 @@ def add_args(p):
     p.add_argument("--chunk", default=None,
                    help="only the classes of chunk i-of-k (balanced by member count, r2d.average.class_chunks); "
                         "'r2d gather' merges the chunks' stacks and result tables")
+    p.add_argument("--split", type=int, default=None, metavar="K",
+                   help="then divide the classes (largest first) until there are K in all, each at the median "
+                        "of its members' first principal component, and average them again "
+                        "(r2d.split; the workflow's mragrow)")
     add_mask(p)
     add_threads(p)
 
@@ -76,6 +81,9 @@ def main(args):
     parts = ParticleRows(stack, particle)  # read block by block: memory does not grow with the stack
     label = np.where(parts.bad(), -1, cmx["class"])  # NaN/Inf or blank particles are never averaged in
     n_classes = int(label.max(initial=-1)) + 1
+    extra = None if args.split is None else split_counts(label, args.split)  # from every class, not the chunk's
+    if extra is not None and extra.any():
+        log.info("%d classes divided into %d", n_classes, n_classes + int(extra.sum()))
     if args.chunk:  # only this chunk's classes; the others' members are left out (class -1)
         label = chunk_label(label, args.chunk)
         log.info("chunk %s: %d classes, %d particles", args.chunk, len(np.unique(label[label >= 0])),
@@ -89,8 +97,8 @@ def main(args):
                  int((label >= 0).sum()))
     elif args.prior:
         log.info("%s has no 'aligned' column (k-means classmx): every class is bootstrapped", args.classmx)
-    res = class_averages(
-        parts, label, iterations=args.iter, keep=args.keep, keepsig=args.keepsig, aligner=args.align,
+    res = divided_averages(
+        parts, label, extra, iterations=args.iter, keep=args.keep, keepsig=args.keepsig, aligner=args.align,
         aligncmp=args.aligncmp, ralign=args.ralign, raligncmp=args.raligncmp, cmp=args.cmp,
         averager=args.averager, normproc=args.normproc, center=args.center, automask=args.automask,
         maxshift=args.maxshift, apix=apix, workers=args.threads,
