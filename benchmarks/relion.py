@@ -64,20 +64,20 @@ def main() -> int:
     r2d_time = float(re.search(r"whole workflow: (\d+) s", out).group(1))
     r2d_error = float(out.split("\n08 ")[1].split()[0])
     rdir = wd / "relion"
-    rdir.mkdir(exist_ok=True)
+    (rdir / "out").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    subprocess.run(["relion_refine", "--i", "../data/particles.star", "--o", "run", "--ctf", "--K", str(args.ncls),
+    subprocess.run(["relion_refine", "--i", "particles.star", "--o", str(rdir / "out" / "run"), "--ctf", "--K", str(args.ncls),
                     "--iter", str(args.relion_iter), "--tau2_fudge", "2", "--particle_diameter", "280",
                     "--zero_mask", "--flatten_solvent", "--oversampling", "1", "--psi_step", "6",
                     "--offset_range", "5", "--offset_step", "2", "--norm", "--scale", "--pool", "30",
                     "--dont_combine_weights_via_disc", "--j", str(args.cores)],
-                   cwd=rdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   cwd=wd / "data", check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     relion_time = time.time() - t0
     from r2d.evaluate import random_view_error, view_error
 
     truth = pd.read_csv(wd / "data" / "truth.tsv", sep="\t").set_index("index").sort_index()
     dirs = truth[["view_x", "view_y", "view_z"]].to_numpy(dtype=np.float64)
-    labels = relion_labels(rdir / f"run_it{args.relion_iter:03d}_data.star", len(truth))
+    labels = relion_labels(rdir / "out" / f"run_it{args.relion_iter:03d}_data.star", len(truth))
     sizes = np.bincount(labels[labels >= 0], minlength=args.ncls)
     print(f"{'program':10s} {'view error':>10s} {'random':>8s} {'classes < 5':>11s} {'wall':>8s}")
     print(f"{'r2d':10s} {r2d_error:10.1f} {'':>8s} {'':>11s} {r2d_time:7.0f}s")
