@@ -191,6 +191,30 @@ def test_classkeep_excludes_intruders(projector):
     assert sorted(h["exc_class_ptcl_idxs"]) == list(np.flatnonzero(excluded))
 
 
+def test_members_of_weight_zero_are_aligned_but_never_averaged_in(projector):
+    """classmx weight 0 (``eligible`` False): 40 intruders from other views are left out of the
+    average although keep 1.0 keeps every eligible member; they still get transforms and
+    scores, and the average is as good as that of the eligible members alone."""
+    parts, _, intr, _ = members(projector, 200, snr=0.1, seed=2, n_intruders=40)
+    P = truth_projection(projector)
+    label = np.zeros(200, int)
+    res = class_averages(parts, label, iterations=2, averager="mean", keep=1.0, apix=APIX, eligible=~intr)
+    assert not res.used[intr].any() and res.used[~intr].all()
+    assert np.isfinite(res.score[intr]).all() and (res.label[intr] == 0).all()
+    h = res.headers()[0]
+    assert sorted(h["exc_class_ptcl_idxs"]) == list(np.flatnonzero(intr))
+    alone = class_averages(parts[~intr], label[~intr], iterations=2, averager="mean", keep=1.0, apix=APIX)
+    mixed = class_averages(parts, label, iterations=2, averager="mean", keep=1.0, apix=APIX)
+    ncc = [truth_in_average_frame(r.averages[0], P)[1] for r in (res, alone, mixed)]
+    print(f"\nNCC with the truth: weight 0 for intruders {ncc[0]:.3f}, without them {ncc[1]:.3f}, "
+          f"with them {ncc[2]:.3f}")
+    assert abs(ncc[0] - ncc[1]) < 0.01 and ncc[0] > ncc[2]
+    # a class none of whose members is eligible is averaged from all of them
+    none = class_averages(parts[:30], label[:30], iterations=1, averager="mean", keep=1.0, apix=APIX,
+                          eligible=np.zeros(30, bool))
+    assert none.used.all()
+
+
 def test_ctf_averager_beats_mean_on_full_ctf(projector):
     """Full (not phase-flipped) CTF, defocus 1–3 µm: the CTF-aware averager's FRC against the
     noise-free projection crosses 0.5 at a higher resolution than the mean averager's; its

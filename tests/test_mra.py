@@ -4,7 +4,7 @@ import numpy as np
 
 from r2d import transforms as tf
 from r2d.align import align
-from r2d.mra import assign
+from r2d.mra import assign, margin_weights
 
 from conftest import blob_image
 
@@ -15,19 +15,56 @@ def test_assign_takes_the_lowest_score_and_skips_invalid_rows():
     assert lab.tolist() == [1, 0, 2, -1]
 
 
-def test_assign_refills_empty_classes_with_the_worst_fitting_particles():
+def test_assign_dissolves_small_classes_into_the_next_best_ones():
     rng = np.random.default_rng(0)
     score = rng.normal(size=(40, 4))
     score[:, 3] += 10  # nobody prefers class 3
+    score[0, 3] = -100  # ... but particle 0
+    lab = assign(score, mininclass=2, max_share=None)
+    assert np.bincount(lab, minlength=4)[3] == 0  # one member < mininclass: dissolved
+    assert lab[0] == np.argmin(score[0, :3])  # into its best remaining class
     plain = np.argmin(score, axis=1)
-    lab = assign(score, mininclass=2)
-    counts = np.bincount(lab, minlength=4)
-    assert counts.min() >= 2 and counts[3] == 2
-    moved = np.flatnonzero(lab != plain)
-    best = score[np.arange(40), plain]
-    # the moved particles are the worst-fitting ones of their classes
-    assert set(moved) <= set(np.argsort(-best)[:6])
-    assert np.array_equal(lab, assign(score, mininclass=2))  # deterministic
+    assert np.array_equal(lab[1:], plain[1:])
+    assert np.array_equal(lab, assign(score, mininclass=2, max_share=None))  # deterministic
+
+
+def test_assign_frees_classes_for_an_attractor():
+    """Class 0 pulls in 70 of 100 particles (3x the mean of 25 is 75: no action), then 85
+    (over 3x): the smallest class below the mean is dissolved, so division can refill it from
+    the attractor."""
+    rng = np.random.default_rng(1)
+    for n0, freed in ((70, 0), (85, 1)):
+        score = rng.normal(size=(100, 4)) * 0.01
+        score[np.arange(100), np.repeat([0, 1, 2, 3], [n0, (100 - n0) - 10, 6, 4])] -= 1
+        lab = assign(score, mininclass=2)
+        counts = np.bincount(lab, minlength=4)
+        assert (counts == 0).sum() == freed
+        if freed:
+            assert counts[3] == 0 and (lab >= 0).all()  # the 4-member class went to its next best
+    # a particle whose only finite scores are in a dissolved class is left out (−1)
+    score = np.full((10, 3), np.inf)
+    score[:, 0] = -1.0
+    score[:5, 1] = -2.0
+    score[9] = [np.inf, np.inf, -3.0]
+    lab = assign(score, mininclass=2, max_share=None)
+    assert lab[9] == -1 and (lab[:5] == 1).all() and (lab[5:9] == 0).all()
+
+
+def test_margin_weights_drop_the_least_decisive_particles():
+    score = np.array([[-0.9, -0.1, 0.0],    # gap 0.8
+                      [-0.5, -0.45, 0.0],   # gap 0.05
+                      [-0.3, np.inf, np.inf],  # one finite score: decisive
+                      [-0.2, -0.19, 0.3],   # gap 0.01
+                      [0.0, 0.0, 0.0],      # not labelled
+                      [-0.6, -0.2, -0.3]])  # gap 0.3
+    label = np.array([0, 0, 0, 0, -1, 0])
+    w = margin_weights(score, label, 0.4)  # floor(0.4 * 5 labelled) = 2 dropped
+    assert w.dtype == np.float32 and w.tolist() == [1, 0, 1, 0, 0, 1]
+    assert margin_weights(score, label, 0.0).tolist() == [1, 1, 1, 1, 0, 1]
+    # the gaps are those of the scores divided by the reliability: with column 1 divided by 0.5
+    # the gaps are 0.7, 0.4, inf, 0.18, 0.2, so particles 3 and 5 are dropped instead of 1 and 3
+    w = margin_weights(score, label, 0.4, reliability=np.array([1.0, 0.5, 1.0]))
+    assert w.tolist() == [1, 1, 1, 0, 0, 0]
 
 
 def test_particles_go_to_the_reference_of_their_view():
@@ -119,7 +156,7 @@ def test_reliability_grows_with_the_members_of_an_average():
 def test_reliability_stops_a_clean_average_from_pulling_in_its_neighbours():
     """Two similar views; view A's average is made of 200 particles, view B's of 6. By plain
     best match almost all B particles go to A's cleaner average (the noise-free B would take
-    them all); corrected by ``reliability`` (the ``mrareliability`` default) B keeps at least
+    them all); corrected by ``reliability`` (``mrareliability``) B keeps at least
     ten times as many, and A's particles stay with A."""
     from r2d.cmp import compare
     from r2d.mra import reliability

@@ -9,7 +9,7 @@ import yaml
 from r2d import cli, io
 from r2d import transforms as tf
 from r2d.average import class_averages
-from r2d.split import MIN_PIECE, divide, divided_averages, schedule, split_counts
+from r2d.split import MIN_PIECE, divide, divided_averages, new_ids, schedule, split_counts
 
 from conftest import SHARED, blob_image
 
@@ -36,6 +36,23 @@ def test_split_counts_divide_the_largest_pieces_first():
     assert split_counts(small, 4).tolist() == [0, 0]
     with_excluded = np.r_[label, -np.ones(30, dtype=int)]
     assert split_counts(with_excluded, 5).tolist() == [2, 0, 0]
+
+
+def test_empty_classes_take_the_numbers_of_the_first_new_pieces():
+    """Classes 1 and 3 empty (dissolved by the assignment): 4 classes asked for from the two
+    that have members; the new pieces are numbered 1 and 3, no class number is left unused."""
+    label = np.repeat([0, 2], [90, 30])
+    extra = split_counts(label, 4)
+    assert extra.tolist() == [2, -1, 0]   # class 3 is beyond max(label): it is the next number
+    assert new_ids(extra).tolist() == [1, 3]
+    rng = np.random.default_rng(0)
+    parts = rng.normal(size=(120, 8, 8)).astype(np.float32)
+    parts[:45] += 3 * np.eye(8, dtype=np.float32)  # class 0 holds two kinds: 45 and 45
+    zero = np.zeros(120)
+    new = divide(label, extra, lambda rows: parts[rows], (zero, zero, zero, zero))
+    assert sorted(np.unique(new).tolist()) == [0, 1, 2, 3]
+    assert (new[90:] == 2).all() and np.bincount(new[:90]).max() <= 45
+    assert new_ids(np.array([1, 0, 2])).tolist() == [3, 4, 5] and new_ids(np.array([0, -1])).tolist() == []
 
 
 def _two_views(n=48, N=240, snr=0.3, seed=3):

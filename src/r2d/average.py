@@ -25,7 +25,7 @@ from r2d.averagers import Accumulator
 from r2d.fsc import fsc_resolution
 from r2d.masks import particle_mask
 from r2d.options import Option, parse
-from r2d.prepared import Prepared, search_images
+from r2d.prepared import Prepared, search_images, usable_ctf
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,8 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                    apix: float | None = None, workers: int = 1,
                    search_weight: np.ndarray | None = None, ctf: ParticleCTF | None = None,
                    block: int | None = None, local: bool = True, prior=None,
-                   n_classes: int | None = None, mask_radius: float | None = None) -> ClassAverages:
+                   n_classes: int | None = None, mask_radius: float | None = None,
+                   eligible: np.ndarray | None = None) -> ClassAverages:
     """Class averages of ``particles`` (N, n, n) for the classes in ``label`` (N,) int
     (−1 = in no class), e2classaverage-style (docs/algorithm.md §3.11).
 
@@ -219,6 +220,10 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     and scoring images of particles and references are multiplied by that mask, and
     ``normalize.edgemean`` takes its mean from the background outside it; None: no mask.
 
+    ``eligible`` (N,) bool (None: all): members with False (classmx weight 0) are aligned and
+    scored with their class like the others but never averaged in (unless none of the class
+    is); ``keep`` counts among the eligible members only.
+
     ``n_classes``: at least this many classes (default ``max(label) + 1``; a chunk of the classes
     gives the whole set's count, so its arrays have the same shape as in an unchunked run).
     Every number of a class depends only on its members, so averaging the classes in chunks
@@ -244,11 +249,11 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     params["maxshift"] = n // 3 if maxshift is None or maxshift < 0 else maxshift
     aligner = Option(aligner.name, params)
     K = max(int(label.max(initial=-1)) + 1, n_classes or 0)
-    ctf = _usable_ctf(averager, ctf, N)
+    ctf = usable_ctf(averager, ctf, N)
     job = _Job(particles, norm=norm, ctf=ctf, search_weight=search_weight, aligner=aligner, aligncmp=aligncmp,
                ralign=ralign, raligncmp=raligncmp, cmp=cmp, apix=apix, block=block or image_block(n),
                workers=workers, mask_radius=mask_radius)
-    m = _members(label, K, prior)
+    m = _members(label, K, prior, eligible)
     sums, passes = _bootstrap(job, m)
     dx, dy = center_shift(sums, center)
     ref = _shape_reference(tf.integer_shift(sums, dx, dy), max(5, n // 16), False)
@@ -258,23 +263,6 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                                                  automask=automask)
     avgs, halves, final, used = _final_average(job, m, passes, ref, par, use, center, averager)
     return _result(m, avgs, halves, final, used, score, qual, qual_sigma, apix, ctf_corrected=ctf is not None)
-
-
-def _usable_ctf(averager: Option, ctf: ParticleCTF | None, N: int) -> ParticleCTF | None:
-    """The CTF the class averaging uses: ``ctf`` (one entry per particle, N) for a ``ctf.*``
-    averager, else None (logged when a ``ctf.*`` averager has none)."""
-    if not averager.name.startswith("ctf."):
-        return None
-    if ctf is None:
-        log.warning("averager %s: no CTF parameters, so no CTF correction: %s", averager.name,
-                    "averaging as 'mean' with the automatic half-set FSC low-pass (EMAN2 without CTF)"
-                    if averager.name == "ctf.weight.autofilt" else "averaging as 'mean'")
-    elif len(ctf) != N:
-        raise ValueError(f"{len(ctf)} CTF entries for {N} particles")
-    else:
-        log.info("averager %s: CTF-weighted (%d of %d particles phase-flipped, %d premultiplied)",
-                 averager.name, int(ctf.phase_flipped.sum()), N, int(ctf.premultiplied.sum()))
-    return ctf
 
 
 class _Job:
@@ -350,7 +338,8 @@ class _Members:
     none), ``valid`` (N,) bool (``lab >= 0``), ``K`` classes, ``counts`` (K,) int64 members per
     class, ``prior`` four (N,) float64 arrays ``(alpha, tx, ty, mirror)`` or None, and
     ``from_prior`` (N,) bool: the members of classes whose members all have a prior transform
-    (they start from it, the others bootstrap)."""
+    (they start from it, the others bootstrap); ``eligible`` (N,) bool: the members that may be
+    averaged in."""
 
     lab: np.ndarray
     valid: np.ndarray
@@ -358,11 +347,12 @@ class _Members:
     counts: np.ndarray
     prior: tuple | None
     from_prior: np.ndarray
+    eligible: np.ndarray
 
 
-def _members(label: np.ndarray, K: int, prior) -> _Members:
-    """:class:`_Members` of ``label`` (N,) int64 with ``K`` classes and the optional ``prior``
-    (four (N,) arrays, NaN where unknown)."""
+def _members(label: np.ndarray, K: int, prior, eligible=None) -> _Members:
+    """:class:`_Members` of ``label`` (N,) int64 with ``K`` classes, the optional ``prior``
+    (four (N,) arrays, NaN where unknown) and ``eligible`` ((N,) bool; None: every member)."""
     N = len(label)
     lab = np.where(label >= 0, label, -1)
     valid = lab >= 0
@@ -373,7 +363,9 @@ def _members(label: np.ndarray, K: int, prior) -> _Members:
         from_prior = valid & by_prior[np.maximum(lab, 0)]
     else:
         from_prior = np.zeros(N, dtype=bool)
-    return _Members(lab, valid, K, np.bincount(lab[valid], minlength=K), prior, from_prior)
+    eligible = valid.copy() if eligible is None else valid & np.asarray(eligible, dtype=bool).reshape(N)
+    eligible |= valid & (np.bincount(lab[eligible], minlength=K) == 0)[np.maximum(lab, 0)]  # none: all
+    return _Members(lab, valid, K, np.bincount(lab[valid], minlength=K), prior, from_prior, eligible)
 
 
 def _class_rank(lab: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -409,7 +401,7 @@ def _bootstrap(job: _Job, m: _Members):
         """The passes' images (normalised X, search Xs) of ``rows``; on the way, the phase-flipped
         members that start from their prior are added, moved by it, to their class's first sum."""
         X, Xc, Xs = job.images(rows)
-        f = from_prior[rows]
+        f = from_prior[rows] & m.eligible[rows]
         if f.any():
             r = rows[f]
             np.add.at(sums, lab[r], tf.transform(Xc[f], *(p[r] for p in prior), workers=job.workers))
@@ -455,7 +447,7 @@ def _first_transforms(m: _Members, dx: np.ndarray, dy: np.ndarray) -> list[np.nd
 def _member_quality(m: _Members, score: np.ndarray, keep: float, keepsig: bool):
     """From the last pass's ``score`` (N,) float64: ``use`` (N,) bool (kept by ``keep``/``keepsig``,
     :func:`_keep_flags`) and each class's mean and σ of its members' scores, (K,) float64 each."""
-    use = _keep_flags(score, m.lab, m.K, keep, keepsig)
+    use = _keep_flags(score, np.where(m.eligible, m.lab, -1), m.K, keep, keepsig)
     return (use, *_score_stats(m, score))
 
 
@@ -478,7 +470,7 @@ def _iterate(job: _Job, m: _Members, passes, ref, par, *, iterations, keep, keep
     ``qual_sigma`` (K,) float64.
     """
     N = job.N
-    use = m.valid.copy()
+    use = m.eligible.copy()
     score = np.zeros(N)
     qual = np.zeros(m.K)
     qual_sigma = np.ones(m.K)

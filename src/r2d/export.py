@@ -180,9 +180,10 @@ def load_result(run_dir, iteration: str | int | None = None, n: int | None = Non
     """Read iteration ``iteration`` (default: the last finished one) of a run folder.
 
     ``n`` is the number of input particles (default: 1 + the largest particle index seen).
-    ``iteration="init"`` reads ``classes_init`` / ``resultmx_init`` / ``classmx_00``;
-    ``"final"`` the full-size ``classes_final`` / ``resultmx_final`` of a run with a working
-    stack (shifts in input pixels) with the last iteration's ``classmx_YY``.
+    ``iteration="init"`` reads ``classes_init`` / ``resultmx_init``; ``"final"`` the full-size
+    ``classes_final`` / ``resultmx_final`` of a run with a working stack (shifts in input
+    pixels). The classes are resultmx's: the membership of the averages (after class averaging
+    divided classes to refill empty ones).
     """
     run_dir = Path(run_dir)
     its = iterations(run_dir)
@@ -195,8 +196,6 @@ def load_result(run_dir, iteration: str | int | None = None, n: int | None = Non
         it = str(iteration) if str(iteration) in ("init", "final") else f"{int(iteration):02d}"
     classes = run_dir / f"classes_{it}.hdf"
     resultmx = run_dir / f"resultmx_{it}.h5"
-    last = its[-1] if its else "00"
-    classmx = run_dir / {"init": "classmx_00.h5", "final": f"classmx_{last}.h5"}.get(it, f"classmx_{it}.h5")
     for p in (classes, resultmx):
         if not p.exists():
             raise InputError(f"{p}: not found; is {run_dir} a finished r2d run folder?")
@@ -209,9 +208,6 @@ def load_result(run_dir, iteration: str | int | None = None, n: int | None = Non
                          "is this run folder from another input?")
     klass = np.full(n, -1, dtype=np.int64)
     klass[particle] = res["class"]
-    if classmx.exists():  # the classification itself (resultmx repeats it; classmx is authoritative)
-        cmx = io.read_matrix(classmx)
-        klass[np.asarray(cmx["particle"], dtype=np.int64)] = cmx["class"]
     used = np.zeros(n, dtype=bool)
     used[particle] = np.asarray(res["used"]) != 0
     used &= klass >= 0

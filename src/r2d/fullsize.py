@@ -15,12 +15,12 @@ import logging
 import numpy as np
 
 from r2d import transforms as tf
-from r2d.average import ClassAverages, _members, _result, _score_stats, _usable_ctf
-from r2d.prepared import normalize_particles
+from r2d.average import ClassAverages, _members, _result, _score_stats
 from r2d.averagers import Accumulator
 from r2d.ctf import ParticleCTF
 from r2d.io import image_block
 from r2d.options import Option, parse
+from r2d.prepared import normalize_particles, usable_ctf
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def fixed_averages(particles, label: np.ndarray, used: np.ndarray, transforms, s
     alpha, tx, ty, mirror = (np.asarray(v, dtype=np.float64) for v in transforms)
     final = (alpha, tx * scale, ty * scale, mirror)
     use = np.asarray(used, dtype=bool) & m.valid
-    ctf = _usable_ctf(averager, ctf, N)
+    ctf = usable_ctf(averager, ctf, N)
     acc = Accumulator(n, m.lab, use, K, averager, ctf=ctf, workers=workers)
     rows_used = np.flatnonzero(use)
     block = block or image_block(n)

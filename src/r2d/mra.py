@@ -18,14 +18,24 @@ correlation with an average ``S_j + N_j`` is its correlation with the signal ``S
 particles of its neighbours and small classes empty. With ``reliability`` (``mrareliability``)
 each correlation is divided by ``√R_j``, estimated from the average's half-set FSC
 (:func:`reliability`), which removes that pull.
+
+A particle whose best and second-best classes score almost alike is as likely to belong to
+either: averaged into its best class it blurs that class towards its neighbour, and at low
+SNR that is a large share of the particles. With ``margin`` (``mramargin``) the least decisive
+fraction of the particles (:func:`margin_weights`) gets weight 0 in ``classmx_YY``: they keep
+their class, but class averaging aligns them without averaging them in.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["assign", "reliability"]
+__all__ = ["assign", "reliability", "margin_weights", "MIN_MEMBERS", "MAX_SHARE"]
 
+#: classes with fewer members are dissolved by ``r2d classify --mra`` (its ``--mininclass``)
+MIN_MEMBERS = 5
+#: :func:`assign` frees classes for one that holds more than this many times the mean class size
+MAX_SHARE = 3.0
 #: bounds of the mean half-set FSC in :func:`reliability`
 FSC_BOUNDS = (0.01, 0.99)
 
@@ -45,40 +55,76 @@ def reliability(fsc_half) -> np.ndarray:
 
 
 def assign(score: np.ndarray, valid: np.ndarray | None = None, *, mininclass: int = 2,
-           reliability: np.ndarray | None = None) -> np.ndarray:
-    """Class labels ``(N,)`` int64 from a score matrix ``(N, K)`` (lower = better).
+           reliability: np.ndarray | None = None, max_share: float | None = MAX_SHARE) -> np.ndarray:
+    """Class labels ``(N,)`` int64 from a score matrix ``(N, K)`` (lower = better); some of the
+    ``K`` classes may be left empty, for class averaging to refill by division (``--split``).
 
     Each particle goes to its lowest-score column; with ``reliability`` ``(K,)`` (scores that
     are negated correlations, as ``ccc``) to its lowest ``score / reliability``. Rows where
-    ``valid`` is False get −1.
-    Classes left with fewer than ``mininclass`` members are refilled (deterministically)
-    with the worst-fitting particles (highest best score) of the classes that can spare them
-    (more than ``2·mininclass`` members), so every one of the ``K`` classes keeps members, as
-    EMAN2's k-means does by reseeding.
+    ``valid`` is False get −1. Then, unless there are fewer than ``K · mininclass`` valid rows:
+
+    * every class with fewer than ``mininclass`` members is dissolved: its members go to their
+      best-scoring remaining class (−1 when none of those has a finite score);
+    * while a class holds more than ``max_share`` times the mean class size and the empty
+      classes are too few to divide it into pieces below that, the smallest class under the
+      mean size (ties: the last) is dissolved too, at most ``K // 4`` of them (None: never).
+
+    Deterministic, and it depends only on ``score``.
     """
     score = np.asarray(score, dtype=np.float64)
     N, K = score.shape
     valid = np.ones(N, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-    s = np.where(np.isfinite(score), score, np.inf)
-    if reliability is not None:
-        s = s / np.asarray(reliability, dtype=np.float64)[None, :]
+    s = _corrected(score, reliability)
     label = np.where(valid, np.argmin(s, axis=1), -1).astype(np.int64)
-    best = np.where(valid, s[np.arange(N), np.maximum(label, 0)], -np.inf)
-    counts = np.bincount(label[label >= 0], minlength=K)
-    small = np.flatnonzero(counts < mininclass)
-    if len(small) == 0 or valid.sum() < K * mininclass:
+    if valid.sum() < K * mininclass:
         return label
-    # worst-fitting particles first; ties broken by index (stable)
-    for i in np.argsort(-best, kind="stable"):
-        if len(small) == 0 or not valid[i]:
+    alive = np.ones(K, dtype=bool)
+
+    def dissolve(dead):
+        alive[dead] = False
+        rows = np.flatnonzero(np.isin(label, dead))
+        if len(rows):
+            rest = np.where(alive[None, :], s[rows], np.inf)
+            best = np.argmin(rest, axis=1)
+            label[rows] = np.where(np.isfinite(rest[np.arange(len(rows)), best]), best, -1)
+
+    counts = np.bincount(label[label >= 0], minlength=K)
+    dissolve(np.flatnonzero(counts < mininclass))
+    if max_share is None:
+        return label
+    cap = max_share * valid.sum() / K
+    for _ in range(K // 4):
+        counts = np.bincount(label[label >= 0], minlength=K)
+        pieces = np.ceil(counts[alive] / cap).astype(np.int64)
+        if np.sum(np.maximum(pieces - 1, 0)) <= K - alive.sum():
             break
-        c = label[i]
-        if counts[c] <= 2 * mininclass:
-            continue
-        k = small[0]
-        counts[c] -= 1
-        counts[k] += 1
-        label[i] = k
-        if counts[k] >= mininclass:
-            small = small[1:]
+        small = np.flatnonzero(alive & (counts < valid.sum() / K))
+        if len(small) == 0:
+            break
+        dissolve(small[np.lexsort((-small, counts[small]))[:1]])
     return label
+
+
+def _corrected(score: np.ndarray, reliability) -> np.ndarray:
+    """``score`` (N, K) as float64 with non-finite entries +inf, divided by ``reliability``."""
+    s = np.where(np.isfinite(score), np.asarray(score, dtype=np.float64), np.inf)
+    return s if reliability is None else s / np.asarray(reliability, dtype=np.float64)[None, :]
+
+
+def margin_weights(score: np.ndarray, label: np.ndarray, fraction: float, *,
+                   reliability: np.ndarray | None = None) -> np.ndarray:
+    """classmx weights ``(N,)`` float32: 0 for the ``fraction`` of the labelled particles
+    (``label >= 0``) whose best two scores (``score`` (N, K), lower = better, divided by
+    ``reliability`` as in :func:`assign`) lie closest together (ties: lower index first), 1 for
+    the other labelled ones, 0 for the unlabelled. A particle with one finite score is decisive."""
+    label = np.asarray(label)
+    weight = (label >= 0).astype(np.float32)
+    rows = np.flatnonzero(label >= 0)
+    drop = int(np.floor(float(fraction) * len(rows)))
+    if drop <= 0 or score.shape[1] < 2:
+        return weight
+    s = np.partition(_corrected(score[rows], reliability), 1, axis=1)
+    with np.errstate(invalid="ignore"):
+        gap = np.where(np.isfinite(s[:, 1]), s[:, 1] - s[:, 0], np.inf)
+    weight[rows[np.argsort(gap, kind="stable")[:drop]]] = 0.0
+    return weight

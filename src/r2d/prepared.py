@@ -4,13 +4,18 @@ file read back block by block (memory stays about one block, whatever the class 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import scipy.fft as sfft
 
 from r2d import transforms as tf
 from r2d.averagers import member_batch
 from r2d.ctf import ParticleCTF
-from r2d.options import Option
+from r2d.masks import particle_mask
+from r2d.options import Option, parse
+
+log = logging.getLogger(__name__)
 
 
 class Prepared:
@@ -112,3 +117,42 @@ def search_images(particles: np.ndarray, ctf: ParticleCTF | None, *, norm: Optio
     if mask is not None:
         Xs = Xs * mask
     return X, Xc, Xs
+
+
+def search_view(particles, *, normproc: str | Option | None = "normalize.edgemean",
+                averager: str | Option = "ctf.weight.autofilt", ctf: ParticleCTF | None = None,
+                search_weight: np.ndarray | None = None, mask_radius: float | None = None, workers: int = 1,
+                **_other):
+    """The function ``rows`` → search images ``(b, n, n)`` float32 of ``particles[rows]`` as
+    :func:`class_averages` with the same options aligns them (normalised, phase-flipped in
+    their own frame for a ``ctf.*`` averager, matched-filtered, masked); other options are
+    ignored."""
+    norm = parse(normproc, "normalizer") if not isinstance(normproc, Option) else normproc
+    averager = parse(averager, "averager") if not isinstance(averager, Option) else averager
+    ctf = usable_ctf(averager, ctf, len(particles), quiet=True)
+    mask = None if mask_radius is None else particle_mask(particles.shape[-1], 2 * mask_radius, 1.0)[0]
+
+    def images(rows):
+        return search_images(particles[rows], None if ctf is None else ctf.take(rows), norm=norm,
+                             weight=search_weight, mask=mask, mask_radius=mask_radius, workers=workers)[2]
+
+    return images
+
+
+def usable_ctf(averager: Option, ctf: ParticleCTF | None, N: int, quiet: bool = False) -> ParticleCTF | None:
+    """The CTF the class averaging uses: ``ctf`` (one entry per particle, N) for a ``ctf.*``
+    averager, else None (logged when a ``ctf.*`` averager has none, unless ``quiet``)."""
+    if not averager.name.startswith("ctf."):
+        return None
+    if ctf is not None and len(ctf) != N:
+        raise ValueError(f"{len(ctf)} CTF entries for {N} particles")
+    if quiet:
+        return ctf
+    if ctf is None:
+        log.warning("averager %s: no CTF parameters, so no CTF correction: %s", averager.name,
+                    "averaging as 'mean' with the automatic half-set FSC low-pass (EMAN2 without CTF)"
+                    if averager.name == "ctf.weight.autofilt" else "averaging as 'mean'")
+    else:
+        log.info("averager %s: CTF-weighted (%d of %d particles phase-flipped, %d premultiplied)",
+                 averager.name, int(ctf.phase_flipped.sum()), N, int(ctf.premultiplied.sum()))
+    return ctf

@@ -22,10 +22,8 @@ import numpy as np
 
 from r2d import stable
 from r2d import transforms as tf
-from r2d.average import _usable_ctf, class_averages
-from r2d.masks import particle_mask
-from r2d.options import Option, parse
-from r2d.prepared import search_images
+from r2d.average import class_averages
+from r2d.prepared import search_view
 
 __all__ = ["schedule", "split_counts", "divide", "divided_averages", "principal_scores", "START", "SAMPLE"]
 
@@ -49,21 +47,33 @@ def schedule(ncls: int, iterations: int, start: int = START) -> list[int]:
 
 def split_counts(label: np.ndarray, target: int) -> np.ndarray:
     """Extra classes ``(K,)`` int64 each class ``0 … max(label)`` gives so that there are
-    ``target`` in all: repeatedly the class whose pieces are largest (members / pieces; ties:
-    lower class) gains a piece, so each class's pieces are about equally large; classes too
-    small to divide (fewer than ``2·MIN_PIECE`` members per piece) gain none. Depends only on
-    the member counts of ``label`` ((N,) ints, −1 = in no class)."""
+    ``target`` non-empty ones in all: repeatedly the class whose pieces are largest (members /
+    pieces; ties: lower class) gains a piece, so each class's pieces are about equally large;
+    classes too small to divide (fewer than ``2·MIN_PIECE`` members per piece) gain none.
+    Empty classes get −1: their numbers go to the first new pieces (:func:`divide`). Depends
+    only on the member counts of ``label`` ((N,) ints, −1 = in no class)."""
     label = np.asarray(label)
     counts = np.bincount(label[label >= 0], minlength=int(label.max(initial=-1)) + 1).astype(np.int64)
     extra = np.zeros(len(counts), dtype=np.int64)
-    for _ in range(max(0, int(target) - len(counts))):
+    for _ in range(max(0, int(target) - int(np.count_nonzero(counts)))):
         piece = counts / (extra + 1)
         piece[piece < 2 * MIN_PIECE] = -1
         c = int(np.argmax(piece))  # first of the largest
         if piece[c] < 0:
             break
         extra[c] += 1
+    extra[counts == 0] = -1
     return extra
+
+
+def new_ids(extra: np.ndarray) -> np.ndarray:
+    """Numbers ``(sum of extra > 0,)`` int64 of the new pieces of :func:`split_counts`'s
+    ``extra``, in the order :func:`divide` makes them: the empty classes' numbers first, then
+    ``len(extra)``, ``len(extra) + 1``, …"""
+    extra = np.asarray(extra, dtype=np.int64)
+    free = np.flatnonzero(extra < 0)
+    n_new = int(extra[extra > 0].sum())
+    return np.concatenate([free, len(extra) + np.arange(max(0, n_new - len(free)))])[:n_new].astype(np.int64)
 
 
 def principal_scores(moved, rows: np.ndarray, block: int) -> np.ndarray:
@@ -89,9 +99,9 @@ def principal_scores(moved, rows: np.ndarray, block: int) -> np.ndarray:
 
 def divide(label: np.ndarray, extra: np.ndarray, images, transforms, *, crop: int | None = None,
            block: int = 4096) -> np.ndarray:
-    """``label`` (N,) with class ``c`` divided into ``extra[c] + 1`` pieces; the new pieces are
-    numbered from ``len(extra)`` on, class by class in order (global numbers: pass the
-    :func:`split_counts` of every class, also when ``label`` holds only some).
+    """``label`` (N,) with class ``c`` divided into ``extra[c] + 1`` pieces (``extra[c] > 0``); the
+    new pieces take the numbers :func:`new_ids`, class by class in order (global numbers: pass
+    the :func:`split_counts` of every class, also when ``label`` holds only some).
 
     ``images(rows)`` → (b, n, n) float32: the search images of particles ``rows`` (increasing;
     asked for at most ``block`` or :data:`SAMPLE` at a time); ``transforms`` ``(alpha, tx, ty,
@@ -109,8 +119,9 @@ def divide(label: np.ndarray, extra: np.ndarray, images, transforms, *, crop: in
             X = tf.fourier_crop(X, crop)
         return X.reshape(len(rows), -1)
 
-    next_id = len(extra) + np.concatenate([[0], np.cumsum(extra)[:-1]]).astype(np.int64)
-    for c in np.flatnonzero(extra):
+    ids = new_ids(extra)
+    pos = np.concatenate([[0], np.cumsum(np.maximum(extra, 0))[:-1]]).astype(np.int64)
+    for c in np.flatnonzero(extra > 0):
         pieces = [np.flatnonzero(label == c)]
         for k in range(int(extra[c])):
             j = max(range(len(pieces)), key=lambda i: (len(pieces[i]), -i))
@@ -121,7 +132,7 @@ def divide(label: np.ndarray, extra: np.ndarray, images, transforms, *, crop: in
             upper = s > np.median(s)
             pieces[j] = piece[~upper]
             pieces.append(piece[upper])
-            label[piece[upper]] = next_id[c] + k
+            label[piece[upper]] = ids[pos[c] + k]
     return label
 
 
@@ -138,26 +149,17 @@ def divided_averages(particles, label: np.ndarray, extra: np.ndarray | None, *, 
     sees the particles as its alignment does (normalised, phase-flipped, matched-filtered,
     masked)."""
     res = class_averages(particles, label, iterations=iterations, **options)
-    if extra is None or not np.any(extra):
+    if extra is None or not np.any(extra > 0):
         return res
     n = particles.shape[-1]
-    norm = options.get("normproc", "normalize.edgemean")
-    norm = parse(norm, "normalizer") if isinstance(norm, str) else norm
-    averager = options.get("averager", "ctf.weight.autofilt")
-    averager = averager if isinstance(averager, Option) else parse(averager, "averager")
-    ctf = _usable_ctf(averager, options.get("ctf"), len(particles))
-    weight, radius = options.get("search_weight"), options.get("mask_radius")
-    mask = None if radius is None else particle_mask(n, 2 * radius, 1.0)[0]
-
-    def images(rows):
-        return search_images(particles[rows], None if ctf is None else ctf.take(rows), norm=norm, weight=weight,
-                             mask=mask, mask_radius=radius, workers=options.get("workers", 1))[2]
-
+    images = search_view(particles, **options)
+    weight = options.get("search_weight")
     crop = None
     if weight is not None and np.any(weight > 0):
         crop = min(n, 2 * (int(np.flatnonzero(weight > 0)[-1]) + 2))
     transforms = (res.alpha, res.tx, res.ty, res.mirror)
     new = divide(res.label, extra, images, transforms, crop=crop)
-    options["n_classes"] = len(extra) + int(np.sum(extra))
+    ids = new_ids(extra)
+    options["n_classes"] = max(len(extra), int(ids.max(initial=-1)) + 1)
     return class_averages(particles, new, iterations=split_iterations,
                           **{**options, "prior": transforms})

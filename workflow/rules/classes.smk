@@ -37,10 +37,11 @@ rule classmx:
         exclude=exclude_arg(),
         mra=mra_arg,
         reliability=reliability_arg,
+        margin=f"--margin {config['mramargin']}" if config["classify"] == "mra" else "",
     shell:
         "r2d classify {input.proj} -o {output} --ncls {params.ncls} --minchange {params.minchange}"
         " {params.fastseed} --seed {params.seed} {params.exclude} {params.mra} {params.reliability}"
-        " > {log} 2>&1"
+        " {params.margin} > {log} 2>&1"
 
 
 rule classes_chunk:

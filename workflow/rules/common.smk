@@ -53,8 +53,11 @@ GROW = (
 
 
 def split_arg(it):
-    """`r2d average --split K` of classes_init (`it` 0) or classes_{it}: K = GROW[it]; '' without."""
-    return "" if GROW is None else f"--split {GROW[int(it)]}"
+    """`r2d average --split K` of classes_init (`it` 0) or classes_{it}: K = GROW[it]; with
+    classify mra and no growth K = ncls (empty classes refilled by division); '' for k-means."""
+    if GROW is not None:
+        return f"--split {GROW[int(it)]}"
+    return f"--split {config['ncls']}" if config["classify"] == "mra" else ""
 
 
 def nbasis_of(wildcards):

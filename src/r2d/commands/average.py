@@ -80,10 +80,12 @@ def main(args):
     particle = cmx["particle"]
     parts = ParticleRows(stack, particle)  # read block by block: memory does not grow with the stack
     label = np.where(parts.bad(), -1, cmx["class"])  # NaN/Inf or blank particles are never averaged in
+    eligible = cmx["weight"] > 0 if "weight" in cmx else None  # weight 0: aligned, not averaged in
     n_classes = int(label.max(initial=-1)) + 1
     extra = None if args.split is None else split_counts(label, args.split)  # from every class, not the chunk's
-    if extra is not None and extra.any():
-        log.info("%d classes divided into %d", n_classes, n_classes + int(extra.sum()))
+    if extra is not None and (extra != 0).any():
+        log.info("%d classes (%d empty) divided into %d", n_classes, int((extra < 0).sum()),
+                 int((extra >= 0).sum() + extra[extra > 0].sum()))
     if args.chunk:  # only this chunk's classes; the others' members are left out (class -1)
         label = chunk_label(label, args.chunk)
         log.info("chunk %s: %d classes, %d particles", args.chunk, len(np.unique(label[label >= 0])),
@@ -104,7 +106,7 @@ def main(args):
         maxshift=args.maxshift, apix=apix, workers=args.threads,
         search_weight=stack_weight(stack, workers=args.threads),
         ctf=particle_ctf(stack, particle, apix, args.averager), prior=prior, n_classes=n_classes,
-        mask_radius=particle_mask(stack.box, args.mask_diameter, apix)[1],
+        mask_radius=particle_mask(stack.box, args.mask_diameter, apix)[1], eligible=eligible,
     )
     write_result(res, particle, stack, apix, args.output, args.resultmx, args.chunk)
 

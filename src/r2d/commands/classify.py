@@ -21,9 +21,9 @@ import numpy as np
 from r2d import io
 from r2d.commands._common import add_exclude, add_seed
 from r2d.io import read_exclude
-from r2d.errors import InputError
+from r2d.errors import ConfigError, InputError
 from r2d.kmeans import kmeans
-from r2d.mra import assign, reliability
+from r2d.mra import MIN_MEMBERS, assign, margin_weights, reliability
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,15 @@ def add_args(p):
     p.add_argument("--ncls", type=int, required=True, help="number of classes")
     p.add_argument("--minchange", type=int, default=-1, help="stop when fewer change class (≤0: auto)")
     p.add_argument("--fastseed", action="store_true", help="seed all classes at once (only matters for ncls > 25)")
-    p.add_argument("--mininclass", type=int, default=2, help="reseed classes smaller than this")
+    p.add_argument("--mininclass", type=int, default=None,
+                   help="k-means: reseed classes smaller than this (default 2, as EMAN2); --mra: "
+                        "dissolve them into the next-best classes, for class averaging's --split "
+                        "to refill by division (default 5)")
     p.add_argument("--mra", default=None, help="mra_YY.h5: assign each particle to its best-scoring column")
+    p.add_argument("--margin", type=float, default=0.0, metavar="FRACTION",
+                   help="with --mra: weight 0 in classmx for this fraction of the particles, those whose "
+                        "best and second-best class scores are closest (class averaging leaves them "
+                        "out); default 0")
     p.add_argument("--reliability", default=None, metavar="CLASSES.hdf",
                    help="with --mra (scores of ccc): divide each column's correlations by the noise "
                         "attenuation of its class average, from the half-set FSC in these averages' "
@@ -46,6 +53,8 @@ def add_args(p):
 
 
 def main(args):
+    if not 0 <= args.margin < 1:
+        raise ConfigError(f"--margin {args.margin}: must be a fraction in [0, 1)")
     if args.mra:
         mx = io.read_matrix(args.mra)
         particle = mx["particle"]
@@ -65,7 +74,7 @@ def main(args):
         use &= np.isfinite(data["score"])
     k = min(args.ncls, int(use.sum()))
     res = kmeans(proj[use], k, seed=args.seed, minchange=args.minchange, fastseed=args.fastseed,
-                 mininclass=args.mininclass)
+                 mininclass=2 if args.mininclass is None else args.mininclass)
     cls = np.full(len(proj), -1, dtype=np.int32)
     cls[use] = res.labels
     zeros = np.zeros(len(proj), dtype=np.float32)
@@ -94,10 +103,19 @@ def _main_mra(args, mx, use):
         else:
             log.warning("%s: no half-set FSC in the headers (not r2d class averages?); scores used as they are",
                         args.reliability)
-    label = assign(mx["score"], use & np.isfinite(mx["score"]).any(axis=1), mininclass=args.mininclass,
-                   reliability=rel)
+    label = assign(mx["score"], use & np.isfinite(mx["score"]).any(axis=1),
+                   mininclass=MIN_MEMBERS if args.mininclass is None else args.mininclass, reliability=rel)
+    counts = np.bincount(label[label >= 0], minlength=mx["score"].shape[1])
+    if (counts == 0).any():
+        log.info("%d of %d classes left empty (dissolved into their particles' next-best classes), "
+                 "for class averaging to refill by division; largest class %d (mean %.1f)",
+                 int((counts == 0).sum()), len(counts), counts.max(), (label >= 0).sum() / len(counts))
     rows = np.flatnonzero(label >= 0)
-    out = {"class": label.astype(np.int32), "weight": (label >= 0).astype(np.float32), "particle": particle}
+    weight = margin_weights(mx["score"], label, args.margin, reliability=rel)
+    if args.margin > 0:
+        log.info("%d of %d particles with the least decisive assignment get weight 0 (margin %g)",
+                 int(((label >= 0) & (weight == 0)).sum()), len(rows), args.margin)
+    out = {"class": label.astype(np.int32), "weight": weight, "particle": particle}
     # 1 where the transform is a real alignment to the assigned class (not for particles moved
     # into a class that their pruned search never reached)
     aligned = np.zeros(len(label), dtype=np.int8)
@@ -108,6 +126,7 @@ def _main_mra(args, mx, use):
         v[rows] = mx[key][rows, label[rows]]
         out[key] = v
     sizes = np.bincount(label[rows], minlength=mx["score"].shape[1])
-    io.write_matrix(args.output, out, {"ncls": int(args.ncls), "method": "mra", "seed": int(args.seed)})
+    io.write_matrix(args.output, out, {"ncls": int(args.ncls), "method": "mra", "seed": int(args.seed),
+                                       "margin": float(args.margin)})
     log.info("assigned %d particles to %d class averages (sizes %d-%d)", len(rows), mx["score"].shape[1],
              sizes.min(), sizes.max())

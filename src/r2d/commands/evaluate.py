@@ -1,8 +1,10 @@
 """Score a classification against simulation truth (view error).
 
 Reads ``RUNDIR/classmx_YY.h5`` (default: the highest ``YY`` present; datasets ``class``, int,
--1 = excluded, and ``particle``, the row's index in the input stack) and the simulator's
-``truth.tsv``, and prints the view error (mean angle in degrees of each particle's true view to
+-1 = excluded, and ``particle``, the row's index in the input stack), or, when present, the
+membership of that iteration's class averages (``resultmx_YY.h5``; ``resultmx_init.h5`` for
+iteration 0: the classes as delivered, after class averaging refilled empty classes by
+division), and the simulator's ``truth.tsv``, and prints the view error (mean angle in degrees of each particle's true view to
 its class medoid's, ``d`` and ``-d`` equal; see ``r2d.evaluate``), the same figure for a random
 assignment with the same class sizes, and the number of classes. Junk particles (no view) and
 excluded ones are not scored. ``--json FILE`` also writes these numbers.
@@ -110,6 +112,9 @@ def read_labels(path: Path, n_truth_index: pd.Index) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> int:
     path, iteration = find_classmx(Path(args.rundir), args.iteration)
+    delivered = path.parent / f"resultmx_{'init' if iteration == 0 else f'{iteration:02d}'}.h5"
+    if delivered.exists():  # the classes as averaged: empty classes refilled by division
+        path = delivered
     truth = read_truth(Path(args.truth))
     labels = read_labels(path, truth.index)
     dirs = truth[["view_x", "view_y", "view_z"]].to_numpy(dtype=np.float64)
