@@ -24,7 +24,7 @@ venv: $(BIN)/r2d
 
 $(DEMO)/particles.star: | $(BIN)/r2d
 	$(BIN)/r2d simulate --phantom --n 1000 --box 64 --apix 5 --snr 0.1 --shift 3 \
-		--ctf flip --defocus 10000 30000 --seed 1 -o $(DEMO)
+		--ctf flip --defocus 10000 30000 --junk 0.05 --junk-kinds all --seed 1 -o $(DEMO)
 
 demo-data: $(DEMO)/particles.star
 

@@ -80,7 +80,12 @@ def main() -> int:
     labels = relion_labels(rdir / "out" / f"run_it{args.relion_iter:03d}_data.star", len(truth))
     sizes = np.bincount(labels[labels >= 0], minlength=args.ncls)
     print(f"{'program':10s} {'view error':>10s} {'random':>8s} {'classes < 5':>11s} {'wall':>8s}")
-    print(f"{'r2d':10s} {r2d_error:10.1f} {'':>8s} {'':>11s} {r2d_time:7.0f}s")
+    from r2d.commands.evaluate import find_classmx, read_labels
+
+    ours = read_labels(wd / "run" / f"resultmx_{find_classmx(wd / 'run', None)[1]:02d}.h5", truth.index)
+    ours_sizes = np.bincount(ours[ours >= 0], minlength=args.ncls)
+    print(f"{'r2d':10s} {r2d_error:10.1f} {random_view_error(ours, dirs):8.1f} "
+          f"{int((ours_sizes < 5).sum()):11d} {r2d_time:7.0f}s")
     print(f"{'RELION':10s} {view_error(labels, dirs):10.1f} {random_view_error(labels, dirs):8.1f} "
           f"{int((sizes < 5).sum()):11d} {relion_time:7.0f}s")
     return 0

@@ -55,6 +55,26 @@ def test_empty_classes_take_the_numbers_of_the_first_new_pieces():
     assert new_ids(np.array([1, 0, 2])).tolist() == [3, 4, 5] and new_ids(np.array([0, -1])).tolist() == []
 
 
+def test_the_division_follows_the_members_that_are_averaged_in():
+    """Two kinds of 45 members each and 30 members of weight 0 (not eligible) whose images
+    are strong noise along one pixel: from all members the first component is that noise; from
+    the eligible ones it is the kinds, which the division then separates, and the others follow
+    their scores."""
+    rng = np.random.default_rng(2)
+    parts = rng.normal(size=(120, 8, 8)).astype(np.float32)
+    parts[:45] += 2 * np.eye(8, dtype=np.float32)
+    parts[90:, 0, 7] += rng.choice([-40.0, 40.0], 30).astype(np.float32)
+    eligible = np.arange(120) < 90
+    label = np.zeros(120, dtype=np.int64)
+    zero = np.zeros(120)
+    new = divide(label, np.array([1]), lambda rows: parts[rows], (zero,) * 4, eligible=eligible)
+    kind = (np.arange(90) < 45).astype(int)
+    agree = max(np.mean(new[:90] == kind), np.mean(new[:90] == 1 - kind))
+    assert agree >= 0.95 and set(np.unique(new[90:])) <= {0, 1}
+    blind = divide(label, np.array([1]), lambda rows: parts[rows], (zero,) * 4)
+    assert max(np.mean(blind[:90] == kind), np.mean(blind[:90] == 1 - kind)) < 0.8
+
+
 def _two_views(n=48, N=240, snr=0.3, seed=3):
     """Particles of two distinct 'views' in one class: the true view of each, the particles and
     the exact transforms of each into the class frame (the views' frame)."""

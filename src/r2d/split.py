@@ -76,20 +76,22 @@ def new_ids(extra: np.ndarray) -> np.ndarray:
     return np.concatenate([free, len(extra) + np.arange(max(0, n_new - len(free)))])[:n_new].astype(np.int64)
 
 
-def principal_scores(moved, rows: np.ndarray, block: int) -> np.ndarray:
+def principal_scores(moved, rows: np.ndarray, block: int, basis: np.ndarray | None = None) -> np.ndarray:
     """Scores ``(m,)`` float64 of particles ``rows`` (m,) on the first principal component of
-    their images ``moved(rows)`` → (b, p) float32 (centred; the direction and the mean from at
-    most :data:`SAMPLE` evenly spaced rows; the others scored ``block`` rows at a time), with the
-    sign that makes the first row's score ≤ 0. Products in float64 (:mod:`r2d.stable`)."""
+    the images ``moved(rows)`` → (b, p) float32 of ``basis`` (rows among ``rows``; None: all of
+    them): centred, the direction and the mean from at most :data:`SAMPLE` evenly spaced basis
+    rows, the others scored ``block`` rows at a time; the sign makes the first row's score ≤ 0.
+    Products in float64 (:mod:`r2d.stable`)."""
     m = len(rows)
-    sample = rows if m <= SAMPLE else rows[np.linspace(0, m - 1, SAMPLE).round().astype(int)]
+    base = rows if basis is None else np.asarray(basis)
+    sample = base if len(base) <= SAMPLE else base[np.linspace(0, len(base) - 1, SAMPLE).round().astype(int)]
     S = stable.wide(moved(sample))
     mean = S.mean(axis=0)
     S -= mean
     _, vecs = np.linalg.eigh(stable.matmul(S, S.T))
     direction = stable.matmul(vecs[:, -1], S)
     direction /= max(float(np.linalg.norm(direction)), 1e-300)
-    if m <= SAMPLE:
+    if len(sample) == m:
         scores = stable.matmul(S, direction)
     else:
         scores = np.concatenate([stable.matmul(stable.wide(moved(rows[lo:lo + block])) - mean, direction)
@@ -98,7 +100,7 @@ def principal_scores(moved, rows: np.ndarray, block: int) -> np.ndarray:
 
 
 def divide(label: np.ndarray, extra: np.ndarray, images, transforms, *, crop: int | None = None,
-           block: int = 4096) -> np.ndarray:
+           block: int = 4096, eligible: np.ndarray | None = None) -> np.ndarray:
     """``label`` (N,) with class ``c`` divided into ``extra[c] + 1`` pieces (``extra[c] > 0``); the
     new pieces take the numbers :func:`new_ids`, class by class in order (global numbers: pass
     the :func:`split_counts` of every class, also when ``label`` holds only some).
@@ -109,7 +111,9 @@ def divide(label: np.ndarray, extra: np.ndarray, images, transforms, *, crop: in
     piece (ties: the first made) is divided at the median of its members'
     :func:`principal_scores` over the images moved into the class frame (Fourier-cropped to
     ``crop`` px, where the search images carry their signal; none when None); the half holding
-    the piece's first member keeps its number."""
+    the piece's first member keeps its number. With ``eligible`` ((N,) bool, the members class
+    averaging may average in) the component and the median come from a piece's eligible
+    members when it has at least ``2·MIN_PIECE`` of them, and the others follow their scores."""
     label = np.asarray(label, dtype=np.int64).copy()
     transforms = [np.asarray(t, dtype=np.float64) for t in transforms]
 
@@ -128,8 +132,11 @@ def divide(label: np.ndarray, extra: np.ndarray, images, transforms, *, crop: in
             piece = pieces[j]
             if len(piece) < 2 * MIN_PIECE:
                 break
-            s = principal_scores(moved, piece, block)
-            upper = s > np.median(s)
+            el = piece if eligible is None else piece[eligible[piece]]
+            if len(el) < 2 * MIN_PIECE:
+                el = piece
+            s = principal_scores(moved, piece, block, basis=None if len(el) == len(piece) else el)
+            upper = s > np.median(s[np.isin(piece, el)])
             pieces[j] = piece[~upper]
             pieces.append(piece[upper])
             label[piece[upper]] = ids[pos[c] + k]
@@ -158,7 +165,9 @@ def divided_averages(particles, label: np.ndarray, extra: np.ndarray | None, *, 
     if weight is not None and np.any(weight > 0):
         crop = min(n, 2 * (int(np.flatnonzero(weight > 0)[-1]) + 2))
     transforms = (res.alpha, res.tx, res.ty, res.mirror)
-    new = divide(res.label, extra, images, transforms, crop=crop)
+    eligible = options.get("eligible")
+    new = divide(res.label, extra, images, transforms, crop=crop,
+                 eligible=None if eligible is None else np.asarray(eligible, dtype=bool))
     ids = new_ids(extra)
     options["n_classes"] = max(len(extra), int(ids.max(initial=-1)) + 1)
     return class_averages(particles, new, iterations=split_iterations,
