@@ -71,6 +71,26 @@ def test_summary_plots_from_a_summary(tmp_path):
     assert is_png(tmp_path / "c.png") and is_png(tmp_path / "s.png")
 
 
+def test_summary_counts_the_classes_division_made_and_the_largest_share(tmp_path):
+    """classmx_01 leaves class 2 empty (3 classes assigned); resultmx_01, the classes as
+    averaged, has 4 again: one made by division; the largest holds 40 of 100 (1.6x the mean)."""
+    from r2d import io
+
+    n = 100
+    assigned = np.repeat([0, 1, 3], [50, 30, 20])
+    averaged = np.repeat([0, 1, 2, 3], [40, 30, 10, 20])
+    for name, cls in (("classmx_00", np.zeros(n, int)), ("classmx_01", assigned), ("resultmx_01", averaged)):
+        data = {"class": cls.astype(np.int32), "particle": np.arange(n)}
+        if name.startswith("resultmx"):
+            data.update(score=np.zeros(n, np.float32), used=np.ones(n, np.int8))
+        io.write_matrix(tmp_path / f"{name}.h5", data, {})
+    summary = montage.run_summary(tmp_path)
+    last = summary["iterations"][-1]
+    assert last["classes"] == 4 and last["refilled"] == 1 and abs(last["largest_share"] - 1.6) < 1e-9
+    montage.convergence_plot(summary, tmp_path / "c.png")
+    assert is_png(tmp_path / "c.png")
+
+
 def test_snakemake_report_has_every_picture_and_the_config(report_html):
     html = report_html.read_text()
     for name in ("final_classes.png", "convergence.png", "class_sizes.png", "summary.json", "classes_init.png",

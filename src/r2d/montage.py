@@ -160,7 +160,9 @@ def _image_sizes(run_dir) -> dict:
 
 def run_summary(run_dir) -> dict:
     """Per-iteration numbers of a run folder: ``iteration`` (0 = initial classes), ``classes``
-    (non-empty), ``particles`` (classified), ``changed`` (particles that changed class since the
+    (non-empty, as averaged), ``refilled`` (classes the assignment left empty or that class
+    averaging divided anew), ``largest_share`` (the largest class over the mean), ``particles``
+    (classified), ``changed`` (particles that changed class since the
     previous iteration, after matching class numbers; absent for iteration 0), ``changed_frac``,
     ``mean_score`` (mean classcmp score of the classified particles against their class
     average; lower is better), ``kept`` (particles in the averages), ``median_resolution``
@@ -193,6 +195,11 @@ def run_summary(run_dir) -> dict:
             ok = rm["class"] >= 0
             entry["mean_score"] = float(np.mean(rm["score"][ok])) if ok.any() else None
             entry["kept"] = int(rm["used"].sum())
+            sizes = np.bincount(rm["class"][ok])
+            sizes = sizes[sizes > 0]
+            entry["refilled"] = max(0, len(sizes) - entry["classes"]) if it > 0 else 0
+            entry["classes"] = int(len(sizes))
+            entry["largest_share"] = float(sizes.max() / sizes.mean()) if len(sizes) else None
         classes = os.path.join(run_dir, f"classes_{name}.hdf")
         if os.path.exists(classes):
             st = class_stats(io.read_image_headers(classes))
@@ -208,10 +215,11 @@ def run_summary(run_dir) -> dict:
 
 
 def convergence_plot(summary: dict, path) -> None:
-    """Two panels over the iterations: particles that changed class, and the mean score."""
+    """Three panels over the iterations: particles that changed class, the mean score, and the
+    largest class over the mean (with the classes made by division)."""
     plt = _pyplot()
     its = summary["iterations"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.5, 3.2))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.2))
     ch = [(e["iteration"], 100 * e["changed_frac"]) for e in its if "changed_frac" in e]
     if ch:
         x, y = zip(*ch)
@@ -232,10 +240,22 @@ def convergence_plot(summary: dict, path) -> None:
     a2.set_xlabel("iteration")
     a2.set_ylabel("mean score (lower is better)")
     a2.set_title("particle vs class-average score", fontsize=9)
+    sh = [(e["iteration"], e["largest_share"], e.get("refilled", 0)) for e in its if e.get("largest_share")]
+    if sh:
+        x, y, r = zip(*sh)
+        a3.plot(x, y, "^-", color="C3")
+        for xi, yi, ri in sh:
+            if ri:
+                a3.annotate(f"+{ri}", (xi, yi), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+        a3.set_ylim(0, max(max(y) * 1.18, 3.3))
+        a3.axhline(3, color="0.6", lw=0.8, ls="--")
+    a3.set_xlabel("iteration")
+    a3.set_ylabel("largest class / mean")
+    a3.set_title("largest class (+N: classes made by division)", fontsize=9)
     from matplotlib.ticker import MaxNLocator
 
     allx = [e["iteration"] for e in its]
-    for ax in (a1, a2):
+    for ax in (a1, a2, a3):
         ax.grid(alpha=0.3)
         ax.set_xticks(allx, ["init" if v == 0 else str(v) for v in allx])
         ax.set_xlim(min(allx) - 0.3, max(allx) + 0.3)
