@@ -116,11 +116,11 @@ def phantom_beads(seed: int = 0) -> np.ndarray:
 
 def phantom_volume(box: int = 64, pixel_size: float = 5.0, seed: int = 0) -> np.ndarray:
     """The phantom sampled on a ``(box, box, box)`` float32 grid (``vol[z, y, x]``), centre
-    voxel ``box // 2``, ``pixel_size`` A/voxel; each bead a Gaussian of :data:`BEAD_SIGMA`
-    (evaluated within 3σ + 1 voxel), peak density scaled to 2."""
+    voxel ``box // 2``, ``pixel_size`` A/voxel; each bead a Gaussian of σ = max(:data:`BEAD_SIGMA`,
+    one voxel), so the grid holds it (evaluated within 3σ + 1 voxel); peak density scaled to 2."""
     c = box // 2
     b = phantom_beads(seed)
-    sig = BEAD_SIGMA / float(pixel_size)
+    sig = max(BEAD_SIGMA / float(pixel_size), 1.0)
     r = int(np.ceil(3 * sig)) + 1
     off = np.arange(-r, r + 1)
     pos = b[:, :3] / float(pixel_size) + c
