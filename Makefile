@@ -1,7 +1,7 @@
 # r2d: two commands do all set-up.
 #   make demo   virtualenv from pinned requirements, simulate a demo dataset from r2d's own
 #               phantom, run the workflow (local profile) and write the HTML report
-#   make test   run the test suite (about 13 minutes on 2 cores)
+#   make test   run the test suite (about 10 minutes on 2 cores)
 
 PYTHON ?= python3
 VENV   := .venv

@@ -34,14 +34,9 @@ particles with class 0 (not classified) are never selected.
    (1.4826 × median absolute deviation) above the class median are dropped (default 3; junk that
    k-means put into a good class). ``--outlier-z 0`` turns this off.
 
-These rules and constants were chosen on two simulated sets of 1,000 particles with 10 % junk
-(half noise, half random blobs; 64 px, SNR 0.1, 16 classes, 4 iterations), where they keep
->= 99 % of the good particles and drop 86-92 % of the junk (with k-means classification; with
-the default ``classify: mra``, phantom seed 11: 99.1 % kept, 79 % dropped). They are heuristics:
-on the same kind of set made from the 70S ribosome map (seed 11, ``classify: mra``) they keep
-99.1 % of the good particles but drop only 49 % of the junk (junk in small classes of good
-resolution survives); ``--threshold -0.5 --outlier-z 2.5`` gives 97.2 % / 70 % there and
-97.2 % / 79 % on the phantom set. Look at the class table before trusting it.
+These rules and constants are heuristics. At realistic SNR junk spreads over the good
+classes, where the class score cannot see it (``docs/benchmarks.md``, "Cleaning a data set
+with junk"). Look at the class table before trusting it.
 """
 
 from __future__ import annotations
