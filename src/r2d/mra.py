@@ -17,7 +17,9 @@ correlation with an average ``S_j + N_j`` is its correlation with the signal ``S
 ``√R_j``, ``R_j = var S_j / (var S_j + var N_j)``, so at low SNR a large class pulls in the
 particles of its neighbours and small classes empty. With ``reliability`` (``mrareliability``)
 each correlation is divided by ``√R_j``, estimated from the average's half-set FSC
-(:func:`reliability`), which removes that pull.
+(:func:`reliability`), which works against that pull; it is off by default, since on a
+molecule whose views differ little the averages of smooth views (lower FSC) then win the
+particles of many views.
 
 A particle whose best and second-best classes score almost alike is as likely to belong to
 either: averaged into its best class it blurs that class towards its neighbour, and at low
