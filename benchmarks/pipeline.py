@@ -69,7 +69,7 @@ def main() -> int:
                         *extra, "--seed", str(args.data_seed), "-o", str(wd / "data")], check=True, env=env)
     (wd / "config").mkdir(exist_ok=True)
     cfg = {"input": "data/particles.star", "path": "run", "ncls": args.ncls, "iter": args.iter, "naliref": 5,
-           "nbasisfp": 12, "seed": args.seed}  # threads and chunks: the defaults (1 thread, 2 chunks)
+           "nbasisfp": 12, "seed": args.seed}  # threads and chunks: the defaults (1 thread, chunks auto)
     if args.averager:
         cfg["classaverager"] = args.averager
     for kv in args.set:

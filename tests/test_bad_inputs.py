@@ -340,7 +340,7 @@ def test_whole_number_floats_become_ints_and_defaults_are_filled(template, monke
     cfg = dict(BASE, ncls=4.0)
     check_workflow_config(cfg)
     assert cfg["ncls"] == 4 and type(cfg["ncls"]) is int
-    assert cfg["classkeep"] == 0.85 and cfg["chunks"] == 2 and cfg["threads"] == 1 and cfg["exclude"] is None
+    assert cfg["classkeep"] == 0.85 and cfg["chunks"] == 1 and cfg["threads"] == 1 and cfg["exclude"] is None
 
 
 def test_nonstandard_real_mrc_header_is_read_with_a_warning(tmp_path, monkeypatch):
@@ -502,3 +502,17 @@ def test_bad_particles_are_excluded_everywhere(tmp_path):
             assert not set(bad) & set(h["class_ptcl_idxs"]), name
     log = (run / "logs" / "input_fp.log").read_text()
     assert "5 (NaN/Inf pixels)" in log and "17 (zero variance)" in log and "42 (NaN/Inf pixels)" in log
+
+
+def test_auto_chunks_follow_the_particles_used(template, monkeypatch):
+    """`chunks: auto`: one chunk per CHUNK_PARTICLES particles used, at least one; the config
+    check writes the count into the config."""
+    from r2d.resources import CHUNK_PARTICLES, auto_chunks
+
+    assert [auto_chunks(n) for n in (1, CHUNK_PARTICLES, CHUNK_PARTICLES + 1, 20 * CHUNK_PARTICLES)] == [1, 1, 2, 20]
+    monkeypatch.chdir(template)
+    cfg = dict(BASE, chunks="auto")
+    check_workflow_config(cfg)
+    assert cfg["chunks"] == 1
+    with pytest.raises(UserError, match="chunks"):
+        check_workflow_config(dict(BASE, chunks="many"))

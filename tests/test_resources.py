@@ -197,3 +197,16 @@ def test_cpu_cost_follows_the_references():
     assert model(naliref=10).runtime("simmx_chunk") == 2 * model(naliref=5).runtime("simmx_chunk")
     assert model(ncls=64).runtime("mra_chunk") == 2 * model(ncls=32).runtime("mra_chunk")
     assert model(classiter=11).runtime("classes_chunk") == 2 * model(classiter=5).runtime("classes_chunk")
+
+
+def test_with_one_chunk_a_step_asks_what_its_chunk_job_needs():
+    """With one chunk a scattered step is one job of its chunk rule's command, named as the
+    step (no gather): it asks for the chunk job's memory and time over every particle."""
+    from r2d.resources import SINGLE
+
+    one, two = model(n=3000, chunks=1), model(n=3000, chunks=2)
+    for step, chunk in SINGLE.items():
+        assert one.mem_mb(step) == one.mem_mb(chunk) and one.runtime(step) == one.runtime(chunk)
+        assert two.job(step) == JOBS[step]  # chunked: the step is the gather job
+    assert one.mem_mb("classes") > two.mem_mb("classes") or one.runtime("classes") > two.runtime("classes")
+

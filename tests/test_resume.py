@@ -53,7 +53,7 @@ KILL_POINTS = [
     "write:classes_init.hdf",  # initial class averages being written
     "align:mra_01",            # inside the alignment of iteration 01 (mra: particles vs class averages)
     "write:resultmx_01.h5",    # classes_01.hdf already in place, its job's second output not yet
-    "write:mra_02.h5",         # gather of the mra chunks of iteration 02 (chunk files are temp())
+    "write:mra_02.h5",         # mra_02 being written (one chunk: by the mra job itself)
 ]
 
 WRAPPER = '''#!{python}

@@ -281,6 +281,10 @@ def check_config(config: dict, *, open_input: bool = True, defaulted=frozenset()
     if used < ncls:
         raise InputError(f"input: {path} has {what}, fewer than ncls={ncls} classes; lower ncls (at most {used})"
                          + (" or exclude fewer particles" if len(excl) else ""))
+    if config["chunks"] == "auto":
+        from r2d.resources import auto_chunks
+
+        config["chunks"] = auto_chunks(used)
     if config["chunks"] > used:
         raise ConfigError(f"chunks: {config['chunks']} chunks for {used} particles; use at most {used} chunks")
     mask = config.get("maskdiameter")

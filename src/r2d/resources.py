@@ -155,6 +155,28 @@ JOBS: dict[str, Job] = {
 }
 
 
+#: a scattered step's gather rule -> its chunk rule: with one chunk the step is one job, named as
+#: its artifact's rule and costing what its chunk rule's job does
+SINGLE: dict[str, str] = {
+    "classes_init": "classes_init_chunk",
+    "simmx": "simmx_chunk",
+    "mra": "mra_chunk",
+    "input_proj": "input_proj_chunk",
+    "classes": "classes_chunk",
+    "classes_final": "classes_final_chunk",
+}
+
+#: particles per chunk with ``chunks: auto``
+CHUNK_PARTICLES = 5000
+
+
+def auto_chunks(n_used: int) -> int:
+    """Chunks of ``chunks: auto``: one per :data:`CHUNK_PARTICLES` particles used (at least one).
+    Below that, a chunk's work is a few seconds, less than what one more job costs (an
+    interpreter, numpy and scipy, the scheduler); the results are the same bytes for any count."""
+    return max(1, -(-int(n_used) // CHUNK_PARTICLES))
+
+
 def subset_size(n: int, ncls: int) -> int:
     """Particles of the initial stage: at most ``max(2000, 10 ncls)`` of ``n`` (``r2d invariants``)."""
     return min(n, max(2000, 10 * ncls))
@@ -239,16 +261,21 @@ class ResourceModel:
     def _override(self, rule: str, key: str) -> int | None:
         return (self.overrides.get(rule) or {}).get(key)
 
+    def job(self, rule: str) -> Job:
+        """The :class:`Job` of ``rule``; with one chunk a scattered step's rule runs its chunk
+        rule's command over every particle (:data:`SINGLE`)."""
+        return JOBS[SINGLE[rule]] if self.chunks == 1 and rule in SINGLE else JOBS[rule]
+
     def mem_mb(self, rule: str, attempt: int = 1) -> int:
         """``resources: mem_mb`` of a job of ``rule`` (MiB): the config's value or the estimate,
         times ``attempt``."""
-        job = JOBS[rule]
+        job = self.job(rule)
         return (self._override(rule, "mem_mb") or self.estimate_mem_mb(job.kind, job.chunked, job.full)) * attempt
 
     def runtime(self, rule: str, attempt: int = 1) -> int:
         """``resources: runtime`` of a job of ``rule`` (minutes): the config's value or the
         estimate, times ``attempt``."""
-        job = JOBS[rule]
+        job = self.job(rule)
         threads = self.threads if job.threaded else 1
         value = self._override(rule, "runtime") or self.estimate_runtime(job.kind, job.chunked, threads, job.full)
         return value * attempt

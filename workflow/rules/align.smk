@@ -32,28 +32,43 @@ rule simmx_chunk:
     params:
         opts=SIMMX_ARGS,
         candidates="",  # mra_chunk: --candidates N
+        chunk=chunk_arg,
     shell:
-        "r2d simmx {input.refs} {input.particles} -o {output} --chunk {wildcards.scatteritem}"
+        "r2d simmx {input.refs} {input.particles} -o {output} {params.chunk}"
         " {params.opts} {params.candidates} --threads {threads} > {log} 2>&1"
 
 
-rule simmx:
-    input:
-        gather.chunk(art("simmx_{{it}}/{scatteritem}.h5")),
-    output:
-        ensure(art("simmx_{it}.h5"), non_empty=True),
-    log:
-        art("logs/simmx_{it}.log"),
-    benchmark:
-        art("benchmarks/simmx_{it}.tsv")
-    conda:
-        R2D_ENV
-    threads: 1
-    resources:
-        mem_mb=job_mem_mb,
-        runtime=job_runtime,
-    shell:
-        "r2d gather -o {output} {input} > {log} 2>&1"
+if ONE_CHUNK:
+
+    use rule simmx_chunk as simmx with:
+        output:
+            ensure(art("simmx_{it}.h5"), non_empty=True),
+        log:
+            art("logs/simmx_{it}.log"),
+        benchmark:
+            art("benchmarks/simmx_{it}.tsv")
+        params:
+            chunk="",
+
+else:
+
+    rule simmx:
+        input:
+            gather.chunk(art("simmx_{{it}}/{scatteritem}.h5")),
+        output:
+            ensure(art("simmx_{it}.h5"), non_empty=True),
+        log:
+            art("logs/simmx_{it}.log"),
+        benchmark:
+            art("benchmarks/simmx_{it}.tsv")
+        conda:
+            R2D_ENV
+        threads: 1
+        resources:
+            mem_mb=job_mem_mb,
+            runtime=job_runtime,
+        shell:
+            "r2d gather -o {output} {input} > {log} 2>&1"
 
 
 # the same command as simmx_chunk, against the previous class averages (resources: its own)
@@ -74,24 +89,38 @@ use rule simmx_chunk as mra_chunk with:
         candidates=f"--candidates {config['mracandidates']}",
 
 
-rule mra:
-    input:
-        gather.chunk(art("mra_{{it}}/{scatteritem}.h5")),
-    output:
-        ensure(art("mra_{it}.h5"), non_empty=True),
-    log:
-        art("logs/mra_{it}.log"),
-    benchmark:
-        art("benchmarks/mra_{it}.tsv")
-    priority: PRIO_MRA
-    conda:
-        R2D_ENV
-    threads: 1
-    resources:
-        mem_mb=job_mem_mb,
-        runtime=job_runtime,
-    shell:
-        "r2d gather -o {output} {input} > {log} 2>&1"
+if ONE_CHUNK:
+
+    use rule mra_chunk as mra with:
+        output:
+            ensure(art("mra_{it}.h5"), non_empty=True),
+        log:
+            art("logs/mra_{it}.log"),
+        benchmark:
+            art("benchmarks/mra_{it}.tsv")
+        params:
+            chunk="",
+
+else:
+
+    rule mra:
+        input:
+            gather.chunk(art("mra_{{it}}/{scatteritem}.h5")),
+        output:
+            ensure(art("mra_{it}.h5"), non_empty=True),
+        log:
+            art("logs/mra_{it}.log"),
+        benchmark:
+            art("benchmarks/mra_{it}.tsv")
+        priority: PRIO_MRA
+        conda:
+            R2D_ENV
+        threads: 1
+        resources:
+            mem_mb=job_mem_mb,
+            runtime=job_runtime,
+        shell:
+            "r2d gather -o {output} {input} > {log} 2>&1"
 
 
 rule input_proj_chunk:
@@ -111,25 +140,41 @@ rule input_proj_chunk:
     resources:
         mem_mb=job_mem_mb,
         runtime=job_runtime,
+    params:
+        chunk=chunk_arg,
     shell:
         "r2d project {input.particles} {input.basis} --simmx {input.simmx} -o {output}"
-        " --chunk {wildcards.scatteritem} > {log} 2>&1"
+        " {params.chunk} > {log} 2>&1"
 
 
-rule input_proj:
-    input:
-        gather.chunk(art("input_{{it}}_proj/{scatteritem}.h5")),
-    output:
-        ensure(art("input_{it}_proj.h5"), non_empty=True),
-    log:
-        art("logs/input_{it}_proj.log"),
-    benchmark:
-        art("benchmarks/input_{it}_proj.tsv")
-    conda:
-        R2D_ENV
-    threads: 1
-    resources:
-        mem_mb=job_mem_mb,
-        runtime=job_runtime,
-    shell:
-        "r2d gather -o {output} {input} > {log} 2>&1"
+if ONE_CHUNK:
+
+    use rule input_proj_chunk as input_proj with:
+        output:
+            ensure(art("input_{it}_proj.h5"), non_empty=True),
+        log:
+            art("logs/input_{it}_proj.log"),
+        benchmark:
+            art("benchmarks/input_{it}_proj.tsv")
+        params:
+            chunk="",
+
+else:
+
+    rule input_proj:
+        input:
+            gather.chunk(art("input_{{it}}_proj/{scatteritem}.h5")),
+        output:
+            ensure(art("input_{it}_proj.h5"), non_empty=True),
+        log:
+            art("logs/input_{it}_proj.log"),
+        benchmark:
+            art("benchmarks/input_{it}_proj.tsv")
+        conda:
+            R2D_ENV
+        threads: 1
+        resources:
+            mem_mb=job_mem_mb,
+            runtime=job_runtime,
+        shell:
+            "r2d gather -o {output} {input} > {log} 2>&1"

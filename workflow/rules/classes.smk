@@ -63,34 +63,50 @@ rule classes_chunk:
         mem_mb=job_mem_mb,
         runtime=job_runtime,
     params:
+        chunk=chunk_arg,
         opts=class_args(config["classiter"], prior=True),
         split=lambda wildcards: split_arg(wildcards.it),
     shell:
         "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
-        " --chunk {wildcards.scatteritem} {params.opts} {params.split} --threads {threads} > {log} 2>&1"
+        " {params.chunk} {params.opts} {params.split} --threads {threads} > {log} 2>&1"
 
 
-rule classes:
-    input:
-        classes=gather.chunk(art("classes_{{it}}/{scatteritem}.hdf")),
-        resultmx=gather.chunk(art("classes_{{it}}/{scatteritem}.h5")),
-    output:
-        classes=art("classes_{it}.hdf"),
-        resultmx=art("resultmx_{it}.h5"),
-    log:
-        art("logs/classes_{it}.log"),
-    benchmark:
-        art("benchmarks/classes_{it}.tsv")
-    priority: PRIO_CLASSES
-    conda:
-        R2D_ENV
-    threads: 1
-    resources:
-        mem_mb=job_mem_mb,
-        runtime=job_runtime,
-    shell:
-        "(r2d gather -o {output.classes} {input.classes}"
-        " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"
+if ONE_CHUNK:
+
+    use rule classes_chunk as classes with:
+        output:
+            classes=art("classes_{it}.hdf"),
+            resultmx=art("resultmx_{it}.h5"),
+        log:
+            art("logs/classes_{it}.log"),
+        benchmark:
+            art("benchmarks/classes_{it}.tsv")
+        params:
+            chunk="",
+
+else:
+
+    rule classes:
+        input:
+            classes=gather.chunk(art("classes_{{it}}/{scatteritem}.hdf")),
+            resultmx=gather.chunk(art("classes_{{it}}/{scatteritem}.h5")),
+        output:
+            classes=art("classes_{it}.hdf"),
+            resultmx=art("resultmx_{it}.h5"),
+        log:
+            art("logs/classes_{it}.log"),
+        benchmark:
+            art("benchmarks/classes_{it}.tsv")
+        priority: PRIO_CLASSES
+        conda:
+            R2D_ENV
+        threads: 1
+        resources:
+            mem_mb=job_mem_mb,
+            runtime=job_runtime,
+        shell:
+            "(r2d gather -o {output.classes} {input.classes}"
+            " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"
 
 
 # Step 11 (with a working stack only): the last iteration's classes re-averaged from the input
@@ -114,33 +130,49 @@ rule classes_final_chunk:
         mem_mb=job_mem_mb,
         runtime=job_runtime,
     params:
+        chunk=chunk_arg,
         averager=opt(config["classaverager"]),
         normproc=opt(config["classnormproc"]),
         apix=apix_arg(),
         mask=mask_arg(),
     shell:
         "r2d fullsize {input.particles} {input.resultmx} -o {output.classes} --resultmx {output.resultmx}"
-        " --chunk {wildcards.scatteritem} --averager {params.averager} --normproc {params.normproc}"
+        " {params.chunk} --averager {params.averager} --normproc {params.normproc}"
         " {params.apix} {params.mask} --threads {threads} > {log} 2>&1"
 
 
-rule classes_final:
-    input:
-        classes=gather.chunk(art("classes_final/{scatteritem}.hdf")),
-        resultmx=gather.chunk(art("classes_final/{scatteritem}.h5")),
-    output:
-        classes=art("classes_final.hdf"),
-        resultmx=art("resultmx_final.h5"),
-    log:
-        art("logs/classes_final.log"),
-    benchmark:
-        art("benchmarks/classes_final.tsv")
-    conda:
-        R2D_ENV
-    threads: 1
-    resources:
-        mem_mb=job_mem_mb,
-        runtime=job_runtime,
-    shell:
-        "(r2d gather -o {output.classes} {input.classes}"
-        " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"
+if ONE_CHUNK:
+
+    use rule classes_final_chunk as classes_final with:
+        output:
+            classes=art("classes_final.hdf"),
+            resultmx=art("resultmx_final.h5"),
+        log:
+            art("logs/classes_final.log"),
+        benchmark:
+            art("benchmarks/classes_final.tsv")
+        params:
+            chunk="",
+
+else:
+
+    rule classes_final:
+        input:
+            classes=gather.chunk(art("classes_final/{scatteritem}.hdf")),
+            resultmx=gather.chunk(art("classes_final/{scatteritem}.h5")),
+        output:
+            classes=art("classes_final.hdf"),
+            resultmx=art("resultmx_final.h5"),
+        log:
+            art("logs/classes_final.log"),
+        benchmark:
+            art("benchmarks/classes_final.tsv")
+        conda:
+            R2D_ENV
+        threads: 1
+        resources:
+            mem_mb=job_mem_mb,
+            runtime=job_runtime,
+        shell:
+            "(r2d gather -o {output.classes} {input.classes}"
+            " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"

@@ -42,6 +42,17 @@ scattergather:
     chunk=config["chunks"],
 
 
+# One chunk (`chunks: 1`, or `auto` on a small set, r2d.resources.auto_chunks): each scattered
+# step is one job of its chunk rule's command, named as the step, writing the artifact itself
+# (no chunk files, no gather job); the bytes are those the gathered chunks would give
+ONE_CHUNK = config["chunks"] == 1
+
+
+def chunk_arg(wildcards):
+    """`--chunk i-of-k` of a chunk job (its {scatteritem})."""
+    return f"--chunk {wildcards.scatteritem}"
+
+
 # mragrow (classify mra, no `initial`): the classes of classes_init, classes_01, ... grow by
 # division (r2d.split.schedule; 8 iterations, 32 classes: 4, 8, 16, 32, 32, ...) from one
 # class in classmx_00; None: ncls classes from the initial k-means on

@@ -139,30 +139,46 @@ rule classes_init_chunk:
         mem_mb=job_mem_mb,
         runtime=job_runtime,
     params:
+        chunk=chunk_arg,
         opts=class_args(8),
         split=split_arg(0),
     shell:
         "r2d average {input.particles} {input.classmx} -o {output.classes} --resultmx {output.resultmx}"
-        " --chunk {wildcards.scatteritem} {params.opts} {params.split} --threads {threads} > {log} 2>&1"
+        " {params.chunk} {params.opts} {params.split} --threads {threads} > {log} 2>&1"
 
 
-rule classes_init:
-    input:
-        classes=gather.chunk(art("classes_init/{scatteritem}.hdf")),
-        resultmx=gather.chunk(art("classes_init/{scatteritem}.h5")),
-    output:
-        classes=art("classes_init.hdf"),
-        resultmx=art("resultmx_init.h5"),
-    log:
-        art("logs/classes_init.log"),
-    benchmark:
-        art("benchmarks/classes_init.tsv")
-    conda:
-        R2D_ENV
-    threads: 1
-    resources:
-        mem_mb=job_mem_mb,
-        runtime=job_runtime,
-    shell:
-        "(r2d gather -o {output.classes} {input.classes}"
-        " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"
+if ONE_CHUNK:
+
+    use rule classes_init_chunk as classes_init with:
+        output:
+            classes=art("classes_init.hdf"),
+            resultmx=art("resultmx_init.h5"),
+        log:
+            art("logs/classes_init.log"),
+        benchmark:
+            art("benchmarks/classes_init.tsv")
+        params:
+            chunk="",
+
+else:
+
+    rule classes_init:
+        input:
+            classes=gather.chunk(art("classes_init/{scatteritem}.hdf")),
+            resultmx=gather.chunk(art("classes_init/{scatteritem}.h5")),
+        output:
+            classes=art("classes_init.hdf"),
+            resultmx=art("resultmx_init.h5"),
+        log:
+            art("logs/classes_init.log"),
+        benchmark:
+            art("benchmarks/classes_init.tsv")
+        conda:
+            R2D_ENV
+        threads: 1
+        resources:
+            mem_mb=job_mem_mb,
+            runtime=job_runtime,
+        shell:
+            "(r2d gather -o {output.classes} {input.classes}"
+            " && r2d gather -o {output.resultmx} {input.resultmx}) > {log} 2>&1"

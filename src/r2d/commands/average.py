@@ -128,5 +128,5 @@ def write_result(res, particle: np.ndarray, stack: io.Stack, apix: float | None,
             "dx": res.tx.astype(np.float32), "dy": res.ty.astype(np.float32),
             "dalpha": res.alpha.astype(np.float32), "mirror": res.mirror.astype(np.float32),
             "score": res.score.astype(np.float32)},
-            {"artifact": "resultmx", "chunk": chunk or "", "box": stack.box,
-             "pixel_size": np.nan if apix is None else apix})
+            {"artifact": "resultmx", "box": stack.box, "pixel_size": np.nan if apix is None else apix,
+             **({"chunk": chunk} if chunk else {})})

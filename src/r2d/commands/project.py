@@ -103,4 +103,4 @@ def main(args):
         proj[r] = project_rows(moved.reshape(bhi - blo, -1), basis, normproj=True)
     proj[~np.isfinite(best["score"])] = 0.0  # excluded and bad particles (read as blank images)
     io.write_matrix(args.output, {"proj": proj, "particle": simmx.get("particle", np.arange(lo, hi)), **best},
-                    {"artifact": "input_proj", "normproj": 1, "chunk": args.chunk or ""})
+                    {"artifact": "input_proj", "normproj": 1, **({"chunk": args.chunk} if args.chunk else {})})

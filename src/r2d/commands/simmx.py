@@ -66,7 +66,7 @@ def main(args):
                        ralign=args.ralign, raligncmp=args.raligncmp, cmp=args.cmp, shrink=args.shrink,
                        candidates=args.candidates, apix=stack.pixel_size, workers=args.threads)
     out["particle"] = idx.astype(np.int64)
-    io.write_matrix(args.output, out, {"artifact": "simmx", "chunk": args.chunk or "", "n_total": n})
+    io.write_matrix(args.output, out, {"artifact": "simmx", "n_total": n, **({"chunk": args.chunk} if args.chunk else {})})
 
 
 def _particle_blocks(stack, todo, lo):

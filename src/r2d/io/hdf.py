@@ -83,7 +83,7 @@ def write_image_stack(path, images, headers: list[dict] | None = None, pixel_siz
                 attrs.update(apix_x=float(pixel_size), apix_y=float(pixel_size), apix_z=float(pixel_size))
             attrs.update(headers[i] if headers is not None else {})
             attrs.update(nx=nx, ny=ny, nz=1)
-            for key, value in attrs.items():
+            for key, value in sorted(attrs.items()):  # name order: the bytes depend on the values only
                 _write_eman_attr(g, f"EMAN.{key}", value)
 
 

@@ -30,12 +30,14 @@ def _plain(v):
 
 def write_matrix(path, datasets: dict[str, np.ndarray], attrs: dict | None = None) -> None:
     """Write an HDF5 file with one dataset per key of `datasets` (str arrays stored as UTF-8) and
-    `attrs` as attributes of the root group, atomically."""
+    `attrs` as attributes of the root group, atomically. Both are written in name order, so
+    the file's bytes depend only on the names and values (a gathered artifact and the same
+    one written by a single job are identical)."""
     with atomic.atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
-        for name, value in datasets.items():
+        for name, value in sorted(datasets.items()):
             a = np.asarray(value)
             f.create_dataset(name, data=np.char.encode(a, "utf-8") if a.dtype.kind == "U" else a)
-        for key, value in (attrs or {}).items():
+        for key, value in sorted((attrs or {}).items()):
             try:
                 f.attrs[key] = value
             except (TypeError, ValueError) as exc:
