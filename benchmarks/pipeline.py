@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,6 +32,25 @@ from scaling import jobs  # benchmarks/: Snakemake benchmark files per job
 REPO = Path(__file__).resolve().parents[1]
 MAP = REPO.parent / "shared" / "data" / "maps" / "ribosome70S_65px.mrc"
 BIN = Path(sys.executable).parent
+
+
+def kind(job: str) -> str:
+    """A benchmark file's job as its kind: ``simmx_03/1-of-2.tsv`` -> ``simmx_YY chunk``."""
+    name, _, chunk = job.removesuffix(".tsv").partition("/")
+    name = re.sub(r"_(?!00)\d\d(?=_|$)", "_YY", name)  # iterations (classmx_00 is a step of its own)
+    return f"{name} chunk" if chunk else name
+
+
+def print_kinds(rows) -> None:
+    """Jobs, summed and mean wall time and the largest peak memory per job kind, costliest first."""
+    by: dict[str, list] = {}
+    for job, s, _, rss in rows:
+        by.setdefault(kind(job), []).append((s, rss))
+    print(f"\n{'job kind':24s} {'jobs':>5s} {'wall s':>8s} {'s/job':>7s} {'max RSS MB':>11s}")
+    for k, v in sorted(by.items(), key=lambda kv: -sum(s for s, _ in kv[1])):
+        total = sum(s for s, _ in v)
+        print(f"{k:24s} {len(v):5d} {total:8.1f} {total / len(v):7.2f} {max(r for _, r in v):11.0f}")
+    print(f"{'all jobs':24s} {len(rows):5d} {sum(r[1] for r in rows):8.1f}")
 
 
 def main() -> int:
@@ -78,16 +98,16 @@ def main() -> int:
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     for old in (wd / "run" / "benchmarks").glob("**/*.tsv"):
         old.unlink()  # chunk files of an earlier run with more chunks would be counted
-    t0 = time.time()
+    t0, c0 = time.time(), os.times()
     subprocess.run([BIN / "snakemake", "-s", args.snakefile, "--workflow-profile", "none",
                     "--directory", str(wd), "--cores", str(args.cores), "--forceall", "--quiet"],
                    check=True, env=env)
-    wall = time.time() - t0
-    rows = [(name, s, rss) for name, s, _, rss in jobs(wd / "run")]
-    print(f"\n{'job':34s} {'wall s':>8s} {'max RSS MB':>11s}")
-    for name, s, rss in rows:
-        print(f"{str(name):34s} {s:8.1f} {rss:11.0f}")
-    print(f"\nwhole workflow: {wall:.0f} s wall on {args.cores} cores, {args.n} particles, {args.iter} iterations\n")
+    wall, c1 = time.time() - t0, os.times()
+    cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    print_kinds(jobs(wd / "run"))
+    chunks = yaml.safe_load((wd / "config" / "config.yaml").read_text()).get("chunks", "auto")
+    print(f"\nwhole workflow: {wall:.0f} s wall on {args.cores} cores ({cpu:.0f} s CPU, Snakemake and its jobs), "
+          f"{args.n} particles, {args.iter} iterations, chunks {chunks}\n")
     print(f"{'classmx':10s} {'view error':>10s} {'random':>8s}")
     for it in range(0, args.iter + 1):
         out = subprocess.run([BIN / "r2d", "evaluate", str(wd / "run"), str(wd / "data" / "truth.tsv"),

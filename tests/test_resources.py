@@ -209,4 +209,8 @@ def test_with_one_chunk_a_step_asks_what_its_chunk_job_needs():
         assert one.mem_mb(step) == one.mem_mb(chunk) and one.runtime(step) == one.runtime(chunk)
         assert two.job(step) == JOBS[step]  # chunked: the step is the gather job
     assert one.mem_mb("classes") > two.mem_mb("classes") or one.runtime("classes") > two.runtime("classes")
+    # a value set for the chunk rule applies to the one job (and the step's own name wins)
+    over = model(n=3000, chunks=1, resources={"simmx_chunk": {"mem_mb": 4000}, "mra": {"mem_mb": 3000},
+                                              "mra_chunk": {"mem_mb": 5000}})
+    assert over.mem_mb("simmx") == 4000 and over.mem_mb("mra") == 3000
 

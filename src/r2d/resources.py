@@ -259,7 +259,11 @@ class ResourceModel:
         return max(MIN_RUNTIME, int(-(-est // 1)))
 
     def _override(self, rule: str, key: str) -> int | None:
-        return (self.overrides.get(rule) or {}).get(key)
+        """The config's value for ``rule``; a one-chunk step also takes its chunk rule's."""
+        value = (self.overrides.get(rule) or {}).get(key)
+        if value is None and self.chunks == 1 and rule in SINGLE:
+            value = (self.overrides.get(SINGLE[rule]) or {}).get(key)
+        return value
 
     def job(self, rule: str) -> Job:
         """The :class:`Job` of ``rule``; with one chunk a scattered step's rule runs its chunk
