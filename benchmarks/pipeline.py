@@ -67,6 +67,8 @@ def main() -> int:
     ap.add_argument("--defocus", type=float, nargs=2, default=(10000, 30000), metavar=("MIN", "MAX"))
     ap.add_argument("--data-seed", type=int, default=1, help="seed of the simulated data (default 1)")
     ap.add_argument("--junk", type=float, default=0.0, help="junk fraction (all five kinds)")
+    ap.add_argument("--preferred", type=float, default=0.0,
+                    help="share of the particles in a preferred view (r2d simulate --preferred)")
     ap.add_argument("--phantom", action="store_true", help="use r2d's phantom instead of the 70S map")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config value (YAML), e.g. --set mramaxshift=12; repeatable")
@@ -84,6 +86,8 @@ def main() -> int:
         extra = [] if args.snr_disc is None else ["--snr-disc", str(args.snr_disc)]
         if args.junk:
             extra += ["--junk", str(args.junk), "--junk-kinds", "all"]
+        if args.preferred:
+            extra += ["--preferred", str(args.preferred)]
         subprocess.run([BIN / "r2d", "simulate", *src, "--apix", "5", "--n", str(args.n), "--box", "64",
                         "--snr", "0.1", "--shift", "3", "--ctf", args.ctf, "--defocus", *map(str, args.defocus),
                         *extra, "--seed", str(args.data_seed), "-o", str(wd / "data")], check=True, env=env)

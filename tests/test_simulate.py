@@ -226,6 +226,27 @@ def test_truth_table_and_junk(small_phantom):
     assert ncc(as_particle, clean[j]) < 0.9
 
 
+def test_preferred_orientation():
+    """``preferred``: that share of the good particles views the map within 10° of z; the other
+    rows, the junk and every other column are those of the same seed without it."""
+    kw = dict(shift_max=2, ctf="full", junk_fraction=0.1, junk_kinds=("noise", "edge"))
+    plain = sim.draw_truth(1000, np.random.default_rng(3), **kw)
+    pref = sim.draw_truth(1000, np.random.default_rng(3), preferred=0.4, **kw)
+    good = ~pref["junk"].to_numpy()
+    tilt = np.degrees(np.arccos(np.abs(pref["view_z"].to_numpy())))
+    changed = ~np.isclose(pref["tilt"], plain["tilt"]) & good
+    assert changed.sum() == round(0.4 * good.sum())
+    assert tilt[changed].max() <= 10.0 + 1e-9
+    # uniform views: about 1.5 % of them lie within 10° of ±z
+    assert np.mean(tilt[good & ~changed] <= 10.0) < 0.05
+    same = [c for c in sim.TRUTH_COLUMNS if c not in ("rot", "tilt", "psi", "view_x", "view_y", "view_z")]
+    pd.testing.assert_frame_equal(pref[same], plain[same])
+    pd.testing.assert_frame_equal(pref[~changed], plain[~changed])
+    views = pref.loc[changed, ["view_x", "view_y", "view_z"]].to_numpy()
+    mats = sim.euler_to_matrix(*pref.loc[changed, ["rot", "tilt", "psi"]].to_numpy().T)
+    np.testing.assert_allclose(views, sim.view_directions(mats))
+
+
 # ----------------------------------------------------------------------------- phantom
 def _cube_rotations(v):
     """The 24 rotations of the cube applied to a volume (exact, via rot90)."""
@@ -324,6 +345,8 @@ def test_cli_simulate_errors(tmp_path, capsys):
     assert "--junk-kinds noise,ice" in capsys.readouterr().err
     assert cli(base + ["--map", str(ph), "--snr-disc", "0.7", "-o", str(tmp_path / "d")]) == 2
     assert "--snr-disc 0.7" in capsys.readouterr().err
+    assert cli(base + ["--map", str(ph), "--preferred", "1.5", "-o", str(tmp_path / "d")]) == 2
+    assert "--preferred 1.5" in capsys.readouterr().err
     # a map without voxel size needs --apix
     with mrcfile.new(tmp_path / "nopix.mrc") as m:
         m.set_data(np.zeros((16, 16, 16), np.float32))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["euler_to_matrix", "matrix_to_euler", "random_rotations", "view_directions"]
+__all__ = ["euler_to_matrix", "matrix_to_euler", "random_rotations", "view_directions", "cap_angles"]
 
 
 def euler_to_matrix(rot, tilt, psi) -> np.ndarray:
@@ -69,3 +69,15 @@ def random_rotations(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
 def view_directions(mats) -> np.ndarray:
     """Viewing directions (unit vectors in the volume frame) of ``(N, 3, 3)`` rotations: ``A[:, 2]``."""
     return np.asarray(mats, dtype=np.float64).reshape(-1, 3, 3)[:, 2, :].copy()
+
+
+def cap_angles(n: int, rng, spread: float) -> np.ndarray:
+    """RELION Euler angles ``(n, 3)`` float64 (degrees) whose viewing directions are uniform
+    on the cap within ``spread`` degrees of the map's z axis (a preferred orientation):
+    ``rot`` uniform in [0, 360), ``cos tilt`` uniform in [cos spread, 1], ``psi`` uniform in
+    [−180, 180)."""
+    rng = np.random.default_rng(rng)
+    rot = rng.uniform(0.0, 360.0, n)
+    tilt = np.degrees(np.arccos(rng.uniform(np.cos(np.radians(spread)), 1.0, n)))
+    psi = rng.uniform(-180.0, 180.0, n)
+    return np.column_stack([rot, tilt, psi])

@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import ndimage
 
 from r2d.ctf import ctf_2d, ctf_from_freqs
-from r2d.rotations import euler_to_matrix, matrix_to_euler, random_rotations, view_directions
+from r2d.rotations import cap_angles, euler_to_matrix, matrix_to_euler, random_rotations, view_directions
 
 __all__ = [
     "euler_to_matrix",
@@ -216,6 +216,8 @@ def draw_truth(
     astigmatism: float = 500.0,
     junk_fraction: float = 0.0,
     junk_kinds=("noise", "blobs"),
+    preferred: float = 0.0,
+    preferred_spread: float = 10.0,
 ) -> pd.DataFrame:
     """Random per-particle truth (see ``TRUTH_COLUMNS``; angles in degrees, shifts in px,
     defocus in A).
@@ -224,7 +226,10 @@ def draw_truth(
     in ``defocus`` (min, max), ``defocus_u - defocus_v`` uniform in ``[0, astigmatism]``,
     ``defocus_angle`` uniform in [0, 180). Without CTF the defocus columns are 0. A random
     ``round(junk_fraction * n)`` particles are junk: their angles and view columns are NaN and
-    ``junk_kind`` is drawn uniformly from ``junk_kinds`` (:data:`JUNK_KINDS`).
+    ``junk_kind`` is drawn uniformly from ``junk_kinds`` (:data:`JUNK_KINDS`). With
+    ``preferred`` a random ``round(preferred * good)`` of the good particles view the map within
+    ``preferred_spread`` degrees of its z axis instead (preferred orientation; drawn last, so the
+    other columns are those of the same seed without it).
     """
     bad = sorted(set(junk_kinds) - set(JUNK_KINDS))
     if bad or not len(junk_kinds):
@@ -249,6 +254,11 @@ def draw_truth(
     view[junk] = np.nan
     kind = np.full(n, "particle", dtype=object)
     kind[junk] = np.asarray(junk_kinds, dtype=object)[rng.integers(0, len(junk_kinds), n_junk)]
+    n_pref = int(round(preferred * (n - n_junk)))
+    if n_pref:
+        rows = rng.choice(np.flatnonzero(~junk), size=n_pref, replace=False)
+        ang[rows] = cap_angles(n_pref, rng, preferred_spread)
+        view[rows] = view_directions(euler_to_matrix(*ang[rows].T))
     return pd.DataFrame({
         "index": np.arange(n), "rot": ang[:, 0], "tilt": ang[:, 1], "psi": ang[:, 2],
         "view_x": view[:, 0], "view_y": view[:, 1], "view_z": view[:, 2],

@@ -12,17 +12,24 @@ average and, for very small classes, particle count, relative to the typical cla
 single criterion), then drops particles whose score against their class average is an outlier
 (more than ``--outlier-z`` robust standard deviations worse than the class median; default 3).
 
+``--rebalance N`` then caps over-represented views (preferred orientation; cryoSPARC's Rebalance
+2D): classes whose averages correlate at least ``--rebalance-ccc`` after the best rotation, shift
+and mirror form a view group (``r2d.rebalance``), and a group with more than N selected particles
+keeps N of them, drawn at random with ``--seed``. The group table is printed.
+
   $ r2d select r2d_01 --classes 1,4,7 -o good.star
   $ r2d select r2d_01/export/particles.star --auto -o good.star --mrcs good.mrcs
   $ r2d select r2d_01 --exclude-classes 3,12 -o no_junk.star
+  $ r2d select r2d_01 --auto --rebalance 300 -o balanced.star
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from r2d.errors import UserError
+from r2d.errors import ConfigError, UserError
 from r2d.export import PATH_MODES
+from r2d.rebalance import DEFAULT_GROUP_CCC
 from r2d.select import (DEFAULT_OUTLIER_Z, DEFAULT_THRESHOLD, SCORES, format_table, load_class_averages,
                         parse_classes, resolve_source, score_classes, score_outliers, select_classes,
                         write_subset)
@@ -43,6 +50,14 @@ def add_args(p):
                         f"(default {DEFAULT_OUTLIER_Z:g} with --auto, off otherwise; 0 = off)")
     p.add_argument("--drop-excluded", action="store_true",
                    help="also drop particles that classkeep left out of their class average (r2dExcluded = 1)")
+    p.add_argument("--rebalance", type=int, metavar="N",
+                   help="keep at most N particles of each view group (classes with similar averages)")
+    p.add_argument("--rebalance-ccc", type=float, default=DEFAULT_GROUP_CCC, metavar="C",
+                   help="--rebalance: classes whose aligned averages correlate at least C on average "
+                        "form one view group (default %(default)s)")
+    p.add_argument("--rebalance-groups", type=int, metavar="G",
+                   help="--rebalance: make G view groups instead of cutting at --rebalance-ccc")
+    p.add_argument("--seed", type=int, default=0, help="--rebalance: random seed of the draw (default 0)")
     p.add_argument("--mrcs", help="also write the selected particle images to this MRC stack")
     p.add_argument("--class-averages", help="class_averages.star (default: next to particles.star)")
     p.add_argument("--paths", choices=[m for m in PATH_MODES if m != "keep"], default="relative",
@@ -50,9 +65,40 @@ def add_args(p):
     p.add_argument("-n", "--dry-run", action="store_true", help="print the selection, write nothing")
 
 
+def _check(args):
+    if args.rebalance is not None and args.rebalance < 1:
+        raise ConfigError(f"--rebalance {args.rebalance}: the cap must be at least 1 particle per view group")
+    if not -1 <= args.rebalance_ccc <= 1:
+        raise ConfigError(f"--rebalance-ccc {args.rebalance_ccc}: a correlation coefficient, in [-1, 1]")
+    if args.rebalance_groups is not None and args.rebalance_groups < 1:
+        raise ConfigError(f"--rebalance-groups {args.rebalance_groups}: need at least 1 group")
+
+
+def _rebalance(args, ca, cls, mask):
+    """The mask after the view-group cap, and the printed group table."""
+    from r2d.rebalance import cap_groups, similarity, view_groups
+
+    if ca is None:
+        raise UserError("--rebalance needs class_averages.star and class_averages.mrcs next to particles.star "
+                        "(or --class-averages); re-run r2d export")
+    imgs = ca[1]
+    groups = view_groups(similarity(imgs), min_ccc=args.rebalance_ccc, ngroups=args.rebalance_groups)
+    ok = mask & (cls >= 1) & (cls <= len(imgs))
+    pgroup = np.where(ok, groups[np.clip(cls, 1, len(imgs)) - 1], -1)
+    kept = cap_groups(pgroup, args.rebalance, args.seed)
+    lines = [f"{'group':>5} {'selected':>8} {'kept':>6}  classes"]
+    for g in range(int(groups.max(initial=-1)) + 1):
+        n_sel = int(np.sum(pgroup == g))
+        if n_sel:
+            members = ", ".join(str(k + 1) for k in np.flatnonzero(groups == g))
+            lines.append(f"{g + 1:5d} {n_sel:8d} {int(np.sum(kept & (pgroup == g))):6d}  {members}")
+    return mask & kept, "\n".join(lines)
+
+
 def main(args):
     from r2d.export import read_star_tables
 
+    _check(args)
     src = resolve_source(args.source)
     parts = read_star_tables(src).get("particles")
     if parts is None or "rlnClassNumber" not in parts:
@@ -84,6 +130,11 @@ def main(args):
     print(f"kept {len(keep)} of {len(counts)} classes: {', '.join(map(str, keep)) or '-'}")
     if z > 0:
         print(f"dropped {n_out} particles scoring more than {z:g} robust σ worse than their class median")
+    if args.rebalance is not None:
+        before = int(mask.sum())
+        mask, groups = _rebalance(args, ca, cls, mask)
+        print(groups)
+        print(f"rebalanced: at most {args.rebalance} particles per view group, {before - int(mask.sum())} dropped")
     print(f"kept {int(mask.sum())} of {len(cls)} particles")
     if not mask.any():
         raise UserError("the selection is empty; nothing written (check the class numbers or --threshold)")

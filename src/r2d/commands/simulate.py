@@ -92,6 +92,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junk-kinds", default="noise,blobs", metavar="KINDS",
                         help=f"comma-separated kinds of junk, drawn uniformly: {', '.join(JUNK_KINDS)} "
                              "or 'all' (default noise,blobs)")
+    parser.add_argument("--preferred", type=float, default=0.0, metavar="FRACTION",
+                        help="preferred orientation: this fraction of the good particles views the map "
+                             "within 10° of its z axis (default 0: uniform views)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--write-clean", action="store_true", help="also write clean.mrcs (no noise)")
 
@@ -120,6 +123,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--voltage must be > 0 and --cs >= 0")
     if not 0 <= args.junk <= 1:
         raise ConfigError(f"--junk {args.junk}: must be a fraction in [0, 1]")
+    if not 0 <= args.preferred <= 1:
+        raise ConfigError(f"--preferred {args.preferred}: must be a fraction in [0, 1]")
     bad = set(_junk_kinds(args)) - set(JUNK_KINDS)
     if bad or not _junk_kinds(args):
         raise ConfigError(f"--junk-kinds {args.junk_kinds}: choose from {', '.join(JUNK_KINDS)} or 'all'")
@@ -197,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
     # streamed into memory-mapped stacks: memory stays one batch of images, whatever --n
     truth = draw_truth(args.n, np.random.default_rng([args.seed, 0]), shift_max=args.shift, ctf=ctf,
                        defocus=tuple(args.defocus), astigmatism=args.astigmatism, junk_fraction=args.junk,
-                       junk_kinds=_junk_kinds(args))
+                       junk_kinds=_junk_kinds(args), preferred=args.preferred)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     shape = (args.n, args.box, args.box)
