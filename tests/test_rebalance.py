@@ -5,6 +5,7 @@ from __future__ import annotations
 import mrcfile
 import numpy as np
 import pytest
+from scipy import ndimage
 import starfile
 
 from r2d import cli
@@ -14,6 +15,8 @@ from r2d.rebalance import cap_groups, similarity, view_groups
 from r2d.simulate import euler_to_matrix, project
 from conftest import REPO
 
+#: noise of the class averages over their signal (std), low-passed as averages are
+NOISE = 0.25
 MAPS = REPO.parent / "shared" / "data" / "maps"
 
 
@@ -37,7 +40,8 @@ def _averages(vol, box, rng):
     views = [(30.0 + 60 * k, 60.0 + (-40.0 if k % 2 else 40.0), 0.0) for k in range(1, 7)]
     others = project(vol, euler_to_matrix(*np.array(views).T), box)
     avgs = np.concatenate([np.array(copies), others]).astype(np.float32)
-    return avgs + rng.normal(scale=0.05 * avgs.std(), size=avgs.shape).astype(np.float32)
+    noise = ndimage.gaussian_filter(rng.normal(size=avgs.shape), (0, 1, 1))
+    return (avgs + NOISE * avgs.std() / noise.std() * noise).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", ["phantom", "groel_emd1080_100px.mrc", "cmg_emd1832_64px.mrc"])
@@ -47,7 +51,7 @@ def test_view_groups_join_the_copies_of_one_view(name):
     avgs = _averages(vol, 64, rng)
     sim = similarity(avgs)
     assert sim.shape == (12, 12) and np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 1)
-    assert sim[:6, :6].min() > 0.95
+    assert sim[:6, :6].min() > 0.7 > sim[:6, 6:].max()
     group = view_groups(sim)
     assert len(set(group[:6])) == 1, group
     assert group[0] not in group[6:], group

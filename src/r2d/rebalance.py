@@ -21,7 +21,7 @@ import numpy as np
 __all__ = ["highpass", "similarity", "view_groups", "cap_groups", "DEFAULT_GROUP_CCC"]
 
 #: classes whose aligned averages correlate at least this much on average form one view group
-DEFAULT_GROUP_CCC = 0.85
+DEFAULT_GROUP_CCC = 0.7
 #: the high-pass weight is 1 − exp(−(r / r0)²), r0 = box / HIGHPASS rings
 HIGHPASS = 20
 
