@@ -22,6 +22,7 @@ include: "workflow/rules/init.smk"
 include: "workflow/rules/references.smk"
 include: "workflow/rules/align.smk"
 include: "workflow/rules/classes.smk"
+include: "workflow/rules/stability.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/export.smk"
 

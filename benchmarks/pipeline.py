@@ -37,6 +37,8 @@ BIN = Path(sys.executable).parent
 def kind(job: str) -> str:
     """A benchmark file's job as its kind: ``simmx_03/1-of-2.tsv`` -> ``simmx_YY chunk``."""
     name, _, chunk = job.removesuffix(".tsv").partition("/")
+    if name.startswith("stability_"):
+        return "stability_RR"  # the repeats
     name = re.sub(r"_(?!00)\d\d(?=_|$)", "_YY", name)  # iterations (classmx_00 is a step of its own)
     return f"{name} chunk" if chunk else name
 

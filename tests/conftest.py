@@ -61,7 +61,7 @@ def tiny_stack(tmp_path_factory) -> Path:
 TINY_N = 60
 TINY_APIX = 10.0
 TINY_CONFIG = {"input": "data/particles.star", "ncls": 4, "iter": 1, "naliref": 2, "nbasisfp": 3, "classiter": 1,
-               "seed": 7, "threads": 1, "path": "run"}
+               "seed": 7, "threads": 1, "path": "run", "stability": 0}
 #: the rules the tiny run leaves to Snakemake (everything before them is made in-process)
 TINY_RULES = ["montage_final", "montage", "montage_init", "summary", "export"]
 

@@ -183,7 +183,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                    search_weight: np.ndarray | None = None, ctf: ParticleCTF | None = None,
                    block: int | None = None, local: bool = True, prior=None,
                    n_classes: int | None = None, mask_radius: float | None = None,
-                   eligible: np.ndarray | None = None) -> ClassAverages:
+                   eligible: np.ndarray | None = None, start_order: np.ndarray | None = None) -> ClassAverages:
     """Class averages of ``particles`` (N, n, n) for the classes in ``label`` (N,) int
     (−1 = in no class), e2classaverage-style (docs/algorithm.md §3.11).
 
@@ -224,6 +224,9 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
     scored with their class like the others but never averaged in (unless none of the class
     is); ``keep`` counts among the eligible members only.
 
+    ``start_order`` (N,) float (None: particle order): the bootstrap takes each class's members
+    in increasing ``start_order`` instead (a stability repeat's random start, :mod:`r2d.stability`).
+
     ``n_classes``: at least this many classes (default ``max(label) + 1``; a chunk of the classes
     gives the whole set's count, so its arrays have the same shape as in an unchunked run).
     Every number of a class depends only on its members, so averaging the classes in chunks
@@ -254,7 +257,7 @@ def class_averages(particles: np.ndarray, label: np.ndarray, *, iterations: int 
                ralign=ralign, raligncmp=raligncmp, cmp=cmp, apix=apix, block=block or image_block(n),
                workers=workers, mask_radius=mask_radius)
     m = _members(label, K, prior, eligible)
-    sums, passes = _bootstrap(job, m)
+    sums, passes = _bootstrap(job, m, start_order)
     dx, dy = center_shift(sums, center)
     ref = _shape_reference(tf.integer_shift(sums, dx, dy), max(5, n // 16), False)
     par = _first_transforms(m, dx, dy)
@@ -368,11 +371,11 @@ def _members(label: np.ndarray, K: int, prior, eligible=None) -> _Members:
     return _Members(lab, valid, K, np.bincount(lab[valid], minlength=K), prior, from_prior, eligible)
 
 
-def _class_rank(lab: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Rank (N,) int of each member within its class, in particle order (0 = first; −1 outside
-    any class)."""
+def _class_rank(lab: np.ndarray, valid: np.ndarray, key=None) -> np.ndarray:
+    """Rank (N,) int of each member within its class, in particle order or increasing ``key``
+    (N,) (0 = first; −1 outside any class)."""
     N = len(lab)
-    order = np.lexsort((np.arange(N), lab))
+    order = np.lexsort((np.arange(N), lab) if key is None else (np.arange(N), np.asarray(key), lab))
     ranked = lab[order]
     start = np.searchsorted(ranked, ranked, side="left")
     rank = np.full(N, -1)
@@ -381,7 +384,7 @@ def _class_rank(lab: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _bootstrap(job: _Job, m: _Members):
+def _bootstrap(job: _Job, m: _Members, order=None):
     """First class sums and the passes' images.
 
     Returns ``sums`` (K, n, n) float32 and the passes' images of every member (a
@@ -394,7 +397,7 @@ def _bootstrap(job: _Job, m: _Members):
     n = job.n
     lab, from_prior, prior = m.lab, m.from_prior, m.prior
     boot = m.valid & ~from_prior
-    rank = _class_rank(lab, m.valid)
+    rank = _class_rank(lab, m.valid, order)
     sums = np.zeros((m.K, n, n), np.float32)
 
     def make_pass(rows):

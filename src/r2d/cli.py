@@ -36,6 +36,7 @@ COMMANDS = {
     # engine on its own
     "align": "align",
     "cmp": "cmp",
+    "stability": "stability",
     # outputs
     "montage": "montage",
     "export": "export",

@@ -10,7 +10,10 @@
   ``rlnSphericalAberration``, so an input without CTF gets the placeholders 300 kV / 2.7 mm /
   0.1 (there is no ``rlnDefocusU`` then: switch CTF correction off in RELION). Every input
   particle column is kept; r2d sets ``rlnClassNumber``, ``rlnAnglePsi``, ``rlnOriginXAngst``,
-  ``rlnOriginYAngst`` (see *Pose* below) and adds ``r2dExcluded``, ``r2dMirror``, ``r2dScore``.
+  ``rlnOriginYAngst`` (see *Pose* below) and adds ``r2dExcluded``, ``r2dMirror``, ``r2dScore``
+  and, with a stability table (``stability.h5``, :mod:`r2d.stability`), ``r2dStability`` (the
+  share of the stability repeats in which the particle's alignment came back; NaN outside any
+  class).
   Image names point at the particle stacks r2d read, relative to ``OUTDIR`` (``paths="relative"``,
   as r2d's STAR reader resolves them and as RELION does when run in ``OUTDIR``), absolute
   (``"absolute"``) or unchanged from the input STAR (``"keep"``, for a STAR file that lives in a
@@ -22,7 +25,8 @@
   ``rlnImageName``/``rlnReferenceImage``, ``rlnClassNumber``, ``rlnClassDistribution``
   (fraction of the classified particles), ``rlnEstimatedResolution`` (Å, when the averages carry
   a ``resolution`` header; 999 where unknown, as RELION writes) and ``r2dParticleCount``
-  (members), ``r2dParticlesInAverage`` (kept by classkeep). The MRC voxel size is the input's pixel size.
+  (members), ``r2dParticlesInAverage`` (kept by classkeep) and, with a stability table,
+  ``r2dStability`` (the class's stability, 0–1). The MRC voxel size is the input's pixel size.
 * ``class_averages.hdf`` — the same images as an EMAN2 stack; headers ``ptcl_repr`` (particles in
   the average, EMAN2's meaning), ``class_number`` (1-based), ``class_id`` (0-based, as in
   classmx), ``n_members``, ``class_ptcl_idxs``, ``exc_class_ptcl_idxs`` and the run's other
@@ -439,9 +443,24 @@ def _copy_to_mrcs(stack: io.Stack, path: Path, pixel_size: float, chunk: int = 4
             mrc.voxel_size = pixel_size
 
 
+def read_stability(path, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(per particle (n,), per class (n_classes,))`` float64 stability from a ``r2d stability``
+    table (NaN where it has none)."""
+    t = io.read_matrix(path)
+    if not {"particle", "agreement", "stability"} <= set(t):
+        raise InputError(f"{path}: not a stability table (particle, agreement, stability); run r2d stability")
+    per_particle = np.full(n, np.nan)
+    per_particle[t["particle"]] = t["agreement"]
+    per_class = np.full(n_classes, np.nan)
+    k = min(n_classes, len(t["stability"]))
+    per_class[:k] = t["stability"][:k]
+    return per_particle, per_class
+
+
 def export_run(run_dir, input_path, outdir, *, iteration=None, apix: float | None = None,
-               paths: str = "relative") -> dict[str, Path]:
-    """Write all exports of a run (see the module docstring); returns ``{kind: path}``."""
+               paths: str = "relative", stability=None) -> dict[str, Path]:
+    """Write all exports of a run (see the module docstring); returns ``{kind: path}``.
+    ``stability``: a ``r2d stability`` table of the run's classes, or None."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     stack = io.open_stack(input_path)
@@ -459,12 +478,18 @@ def export_run(run_dir, input_path, outdir, *, iteration=None, apix: float | Non
                             "absolute" if paths == "absolute" else "relative")
         written["particles_mrcs"] = copy
     tables = relion_tables(stack, result, outdir, pixel_size=pixel_size, paths=paths, names=names)
+    stab = None if stability is None else read_stability(stability, len(stack), result.n_classes)
+    if stab is not None:
+        tables["particles"]["r2dStability"] = np.where(result.klass >= 0, stab[0], np.nan)
     write_star(outdir / "particles.star", tables)
     written["particles_star"] = outdir / "particles.star"
 
     io.write_mrcs(outdir / "class_averages.mrcs", result.averages, pixel_size)
     written["class_averages_mrcs"] = outdir / "class_averages.mrcs"
-    write_star(outdir / "class_averages.star", class_table(result, "class_averages.mrcs", tables["optics"].iloc[[0]]))
+    ctab = class_table(result, "class_averages.mrcs", tables["optics"].iloc[[0]])
+    if stab is not None:
+        ctab["particles"]["r2dStability"] = stab[1]
+    write_star(outdir / "class_averages.star", ctab)
     written["class_averages_star"] = outdir / "class_averages.star"
 
     headers = []
@@ -472,6 +497,8 @@ def export_run(run_dir, input_path, outdir, *, iteration=None, apix: float | Non
     for k, h in enumerate(result.headers):
         h = io.user_header(h)
         h.update(class_id=k, class_number=k + 1, ptcl_repr=int(kept[k]), n_members=int(members[k]))
+        if stab is not None and np.isfinite(stab[1][k]):
+            h["stability"] = float(stab[1][k])
         h.setdefault("class_ptcl_idxs", [])
         h.setdefault("exc_class_ptcl_idxs", [])
         headers.append(h)

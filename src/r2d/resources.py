@@ -147,6 +147,8 @@ JOBS: dict[str, Job] = {
     "classes": Job("gather"),
     "classes_final_chunk": Job("fullsize", chunked=True, threaded=True, full=True),
     "classes_final": Job("gather"),  # the result tables and K averages: not a stack of full-size images
+    "stability_repeat": Job("average", threaded=True),  # every class of the last iteration, one job
+    "stability": Job("classify"),
     "montage_final": Job("light"),
     "montage_init": Job("light"),
     "montage": Job("light"),

@@ -191,6 +191,19 @@ def load_class_averages(star_path: Path, class_averages=None):
     return res, imgs, stack.pixel_size
 
 
+def class_column(star_path: Path, name: str, class_averages=None) -> np.ndarray | None:
+    """Column ``name`` (float, classes 1..K in order) of ``class_averages.star`` next to
+    ``star_path`` (or ``class_averages``); None if the file or the column is absent."""
+    cstar = Path(class_averages) if class_averages else star_path.parent / "class_averages.star"
+    if not cstar.is_file():
+        return None
+    cls = read_star_tables(cstar).get("particles")
+    if cls is None or name not in cls or "rlnClassNumber" not in cls:
+        return None
+    order = np.argsort(cls["rlnClassNumber"].to_numpy(), kind="stable")
+    return cls[name].to_numpy(dtype=float)[order]
+
+
 def select_classes(class_numbers: np.ndarray, *, classes=None, exclude=None, table: ClassTable | None = None,
                    auto: bool = False, threshold: float = DEFAULT_THRESHOLD) -> list[int]:
     """Class numbers to keep: ``classes`` (if given) or the auto-selected ones (or all), minus ``exclude``."""

@@ -27,6 +27,7 @@ rule export:
         classes=art(f"classes_{FINAL}.hdf"),
         classmx=art(f"classmx_{ITERS[-1]}.h5"),
         resultmx=art(f"resultmx_{FINAL}.h5"),
+        stability=STABILITY or [],
     output:
         EXPORT_FILES,
     log:
@@ -44,9 +45,10 @@ rule export:
         outdir=output_folder,
         it=FINAL,
         apix=apix_arg(),
+        stability=lambda wildcards, input: f"--stability {input.stability}" if input.stability else "",
     shell:
         "r2d export {params.run} --input {input.particles} -o {params.outdir} --iteration {params.it}"
-        " {params.apix} > {log} 2>&1"
+        " {params.apix} {params.stability} > {log} 2>&1"
 
 
 onsuccess:

@@ -48,6 +48,9 @@ def add_args(p):
                         "multi-reference assignment: each particle aligned to its class's previous average) "
                         "instead of bootstrapping those classes (the workflow's classes_YY with classprior: "
                         "faster, and as good or better classes on the 70S benchmark)")
+    p.add_argument("--random-start", type=int, default=None, metavar="SEED",
+                   help="bootstrap every class from its members in a random order drawn with SEED (no "
+                        "prior): a stability repeat for r2d stability, e.g. on a resultmx file")
     p.add_argument("--chunk", default=None,
                    help="only the classes of chunk i-of-k (balanced by member count, r2d.average.class_chunks); "
                         "'r2d gather' merges the chunks' stacks and result tables")
@@ -99,6 +102,11 @@ def main(args):
                  int((label >= 0).sum()))
     elif args.prior:
         log.info("%s has no 'aligned' column (k-means classmx): every class is bootstrapped", args.classmx)
+    start = None
+    if args.random_start is not None:  # bootstrap every class, its members in a random order
+        prior = None
+        start = np.random.default_rng([args.random_start, 12]).random(len(label))
+        log.info("every class bootstraps from its members in a random order (seed %d)", args.random_start)
     res = divided_averages(
         parts, label, extra, iterations=args.iter, keep=args.keep, keepsig=args.keepsig, aligner=args.align,
         aligncmp=args.aligncmp, ralign=args.ralign, raligncmp=args.raligncmp, cmp=args.cmp,
@@ -107,6 +115,7 @@ def main(args):
         search_weight=stack_weight(stack, workers=args.threads),
         ctf=particle_ctf(stack, particle, apix, args.averager), prior=prior, n_classes=n_classes,
         mask_radius=particle_mask(stack.box, args.mask_diameter, apix)[1], eligible=eligible,
+        **({} if start is None else {"start_order": start}),
     )
     write_result(res, particle, stack, apix, args.output, args.resultmx, args.chunk)
 

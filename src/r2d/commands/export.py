@@ -30,10 +30,13 @@ def add_args(p):
                         "or as in the input STAR file (keep)")
 
 
+    p.add_argument("--stability", help="stability table of the run's classes (r2d stability): adds r2dStability")
+
+
 def main(args):
     out = Path(args.output) if args.output else Path(args.run_dir) / "export"
     written = export_run(args.run_dir, args.input, out, iteration=args.iteration, apix=args.apix,
-                         paths=args.paths)
+                         paths=args.paths, stability=args.stability)
     for kind, path in written.items():
         print(f"{kind:22s} {path}")
     return 0

@@ -12,6 +12,9 @@ average and, for very small classes, particle count, relative to the typical cla
 single criterion), then drops particles whose score against their class average is an outlier
 (more than ``--outlier-z`` robust standard deviations worse than the class median; default 3).
 
+``--min-stability S`` drops the classes whose stability (``r2dStability``, from the workflow's
+stability repeats) is below S.
+
 ``--rebalance N`` then caps over-represented views (preferred orientation; cryoSPARC's Rebalance
 2D): classes whose averages correlate at least ``--rebalance-ccc`` after the best rotation, shift
 and mirror form a view group (``r2d.rebalance``), and a group with more than N selected particles
@@ -30,7 +33,8 @@ import numpy as np
 from r2d.errors import ConfigError, UserError
 from r2d.export import PATH_MODES
 from r2d.rebalance import DEFAULT_GROUP_CCC
-from r2d.select import (DEFAULT_OUTLIER_Z, DEFAULT_THRESHOLD, SCORES, format_table, load_class_averages,
+from r2d.select import (DEFAULT_OUTLIER_Z, DEFAULT_THRESHOLD, SCORES, class_column, format_table,
+                        load_class_averages,
                         parse_classes, resolve_source, score_classes, score_outliers, select_classes,
                         write_subset)
 
@@ -50,6 +54,9 @@ def add_args(p):
                         f"(default {DEFAULT_OUTLIER_Z:g} with --auto, off otherwise; 0 = off)")
     p.add_argument("--drop-excluded", action="store_true",
                    help="also drop particles that classkeep left out of their class average (r2dExcluded = 1)")
+    p.add_argument("--min-stability", type=float, default=None, metavar="S",
+                   help="also drop classes whose r2dStability (class_averages.star, the workflow's "
+                        "stability repeats) is below S, e.g. 0.5")
     p.add_argument("--rebalance", type=int, metavar="N",
                    help="keep at most N particles of each view group (classes with similar averages)")
     p.add_argument("--rebalance-ccc", type=float, default=DEFAULT_GROUP_CCC, metavar="C",
@@ -113,6 +120,15 @@ def main(args):
         table = score_classes(members, res, imgs, apix, args.score)
     keep = select_classes(cls, classes=parse_classes(args.classes), exclude=parse_classes(args.exclude_classes),
                           table=table, auto=args.auto, threshold=args.threshold)
+    if args.min_stability is not None:
+        stab = class_column(src, "r2dStability", args.class_averages)
+        if stab is None:
+            raise UserError(f"{src}: no r2dStability in class_averages.star for --min-stability; run the workflow "
+                            "with stability on (the default) or r2d export --stability")
+        low = [k for k in keep if k <= len(stab) and not stab[k - 1] >= args.min_stability]
+        keep = [k for k in keep if k not in low]
+        print(f"stability below {args.min_stability:g}: classes " + (", ".join(
+            f"{k} ({stab[k - 1]:.2f})" for k in low) or "none"))
     mask = np.isin(cls, keep) & (cls >= 1)
     if args.drop_excluded:
         if "r2dExcluded" not in parts:
