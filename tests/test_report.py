@@ -93,8 +93,8 @@ def test_summary_counts_the_classes_division_made_and_the_largest_share(tmp_path
 
 def test_snakemake_report_has_every_picture_and_the_config(report_html):
     html = report_html.read_text()
-    for name in ("final_classes.png", "convergence.png", "class_sizes.png", "summary.json", "classes_init.png",
-                 "classes_01.png"):
+    for name in ("final_classes.png", "final_classes.html", "convergence.png", "class_sizes.png", "summary.json",
+                 "classes_init.png", "classes_01.png"):
         assert name in html, name
     for cat in ("1. Final class averages", "2. Convergence", "3. Class averages per iteration"):
         assert cat in html, cat
@@ -167,3 +167,55 @@ def test_report_renders_in_chromium(report_html, tmp_path, chromium):
     img = mpimg.imread(shot)
     right = img[:, img.shape[1] // 3:, :3]  # the main pane, right of the menu
     assert right.std() > 0.05  # not a blank page: the montage is there
+
+
+# ----------------------------------------------------------------------------- class stability
+SORT_CLICKS = """<script>
+setTimeout(function(){
+  const th = document.querySelector('th[data-col="5"]'), order = () =>
+    [...document.querySelectorAll('tbody tr')].map(r => +r.cells[1].textContent);
+  const log = [order()]; th.click(); log.push(order()); th.click(); log.push(order());
+  const d = document.createElement('pre'); d.id = 'r2d-check'; d.textContent = JSON.stringify(log);
+  document.body.appendChild(d);
+}, 300);
+</script>"""
+
+
+def test_stability_in_summary_labels_and_sortable_table(tiny_run, tmp_path, chromium):
+    """With a run's stability.h5: summary.json carries each final class's stability and the
+    run's summary of it, the montage labels show it, and the HTML class table (largest class
+    first) sorts by it in a real browser, up and then down."""
+    import shutil
+
+    from r2d import cli
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    cmx = io.read_matrix(run / "classmx_01.h5")
+    members = np.bincount(cmx["class"], minlength=4)
+    stab = np.array([0.9, 0.2, 0.6, 0.4])
+    io.write_matrix(run / "stability.h5", {"particle": cmx["particle"], "class": cmx["class"],
+                                           "agreement": stab[cmx["class"]], "stability": stab},
+                    {"artifact": "stability", "repeats": 3, "threshold": 2.0})
+    data = montage.run_summary(run)
+    assert [c["stability"] for c in data["final_classes"]] == pytest.approx(stab.tolist())
+    assert data["stability"]["repeats"] == 3 and data["stability"]["median_class"] == pytest.approx(0.5)
+    assert data["stability"]["particle_mean"] == pytest.approx(np.sum(stab * members) / members.sum())
+    assert montage.class_label(2, 43, 21.5, 0.873) == "#3 · 43 ptcl\n21.5 Å · s 0.87"
+    assert montage.class_label(2, 43, np.nan, 0.873) == "#3 · 43 ptcl\ns 0.87"
+
+    page = tmp_path / "classes.html"
+    assert cli.main(["montage", str(run / "classes_01.hdf"), "-o", str(tmp_path / "m.png"), "--stability",
+                     str(run / "stability.h5"), "--table", str(page), "--title", "final"]) == 0
+    assert is_png(tmp_path / "m.png")
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 4
+    clicked = tmp_path / "clicked.html"
+    clicked.write_text(text.replace("</body>", SORT_CLICKS + "</body>"))
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000",
+                        "--dump-dom", clicked.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="r2d-check">(.*?)</pre>', r.stdout, re.S)
+    assert m, r.stderr[-2000:]
+    first, up, down = json.loads(m.group(1))
+    assert first == (np.argsort(-members, kind="stable") + 1).tolist()
+    assert up == (np.argsort(stab) + 1).tolist() and down == up[::-1]

@@ -16,6 +16,7 @@ import re
 import numpy as np
 
 from r2d import io
+from r2d.errors import InputError
 
 
 def _pyplot():
@@ -99,24 +100,120 @@ def class_stats(headers: list[dict]) -> dict[str, np.ndarray]:
             "kept": np.array(kept, dtype=int), "resolution": np.array(res, dtype=float)}
 
 
-def class_label(class_id: int, members: int, resolution: float = np.nan) -> str:
-    """``"#3 · 412 ptcl"`` (1-based class number), plus ``"\\n12.3 Å"`` when the resolution is known."""
+def class_label(class_id: int, members: int, resolution: float = np.nan, stability: float = np.nan) -> str:
+    """``"#3 · 412 ptcl"`` (1-based class number), plus ``"\\n12.3 Å"`` when the resolution is
+    known and ``"· s 0.87"`` (class stability) when given."""
     text = f"#{class_id + 1} · {members} ptcl"
+    extra = []
     if np.isfinite(resolution) and resolution > 0:
-        text += f"\n{resolution:.1f} Å"
+        extra.append(f"{resolution:.1f} Å")
+    if np.isfinite(stability):
+        extra.append(f"s {stability:.2f}")
+    if extra:
+        text += "\n" + " · ".join(extra)
     return text
 
 
-def class_montage(stack_path, out_path, title: str = "") -> None:
+def read_class_stability(path, n_classes: int) -> np.ndarray:
+    """Per-class stability ``(n_classes,)`` float64 from a ``r2d stability`` table (NaN where none)."""
+    t = io.read_matrix(path)
+    if "stability" not in t:
+        raise InputError(f"{path}: no stability column; give the table r2d stability wrote")
+    out = np.full(n_classes, np.nan)
+    k = min(n_classes, len(t["stability"]))
+    out[:k] = t["stability"][:k]
+    return out
+
+
+def class_montage(stack_path, out_path, title: str = "", stability=None) -> None:
     """Montage of a class-average stack sorted by particle count (largest first), each average
-    labelled with its class number, particle count and (when the header has it) resolution."""
+    labelled with its class number, particle count and (when the header has it) resolution;
+    ``stability``: per-class stability ``(K,)`` (indexed by ``class_id``) to show, or None."""
     imgs = io.read_image_stack(stack_path)
     st = class_stats(io.read_image_headers(stack_path))
+    stab = _by_class(stability, st["class_id"])
     order = np.argsort(-st["members"], kind="stable")
-    labels = [class_label(st["class_id"][i], st["members"][i], st["resolution"][i]) for i in order]
+    labels = [class_label(st["class_id"][i], st["members"][i], st["resolution"][i], stab[i]) for i in order]
     total = int(st["members"].sum())
     full = f"{title} — {len(imgs)} classes, {total} particles" if title else ""
     montage(imgs[order], labels, out_path, title=full)
+
+
+def _by_class(per_class, class_id: np.ndarray) -> np.ndarray:
+    """``per_class[class_id]`` (NaN outside it, or everywhere when ``per_class`` is None)."""
+    out = np.full(len(class_id), np.nan)
+    if per_class is not None:
+        per_class = np.asarray(per_class, dtype=np.float64)
+        ok = (class_id >= 0) & (class_id < len(per_class))
+        out[ok] = per_class[class_id[ok]]
+    return out
+
+
+def _thumbnail(img: np.ndarray) -> str:
+    """One average as a base64 PNG (contrast as in the montage, row 0 at the bottom)."""
+    import base64
+    from io import BytesIO
+
+    import matplotlib.image as mpimg
+
+    lo, hi = normalise(img)
+    buf = BytesIO()
+    mpimg.imsave(buf, np.clip((img[::-1] - lo) / (hi - lo), 0, 1), cmap="gray", vmin=0, vmax=1, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_SORTER = """<script>
+document.querySelectorAll('th[data-col]').forEach(function (th) {
+  th.addEventListener('click', function () {
+    var body = th.closest('table').tBodies[0], col = +th.dataset.col;
+    var up = th.dataset.dir !== 'up';
+    th.closest('tr').querySelectorAll('th').forEach(function (o) { delete o.dataset.dir; });
+    th.dataset.dir = up ? 'up' : 'down';
+    var key = function (tr) { var v = parseFloat(tr.cells[col].dataset.v); return isNaN(v) ? Infinity : v; };
+    Array.from(body.rows).sort(function (a, b) { return up ? key(a) - key(b) : key(b) - key(a); })
+      .forEach(function (tr) { body.appendChild(tr); });
+  });
+});
+</script>"""
+
+
+def _cell(v, fmt: str) -> str:
+    return "–" if not np.isfinite(v) else format(int(v) if fmt == "d" else float(v), fmt)
+
+
+def class_table_html(stack_path, out_path, title: str = "", stability=None) -> None:
+    """Self-contained HTML page: one row per class average (picture, class number, members,
+    particles in the average, resolution, stability), largest class first; a click on a column
+    header sorts by it (again: the other way). ``stability`` as for :func:`class_montage`."""
+    import html
+
+    imgs = io.read_image_stack(stack_path)
+    st = class_stats(io.read_image_headers(stack_path))
+    stab = _by_class(stability, st["class_id"])
+    cols = ["class", "particles", "in the average", "resolution (Å)", "stability"]
+    formats = ["d", "d", "d", ".1f", ".2f"]
+    rows = []
+    for i in np.argsort(-st["members"], kind="stable"):
+        vals = [st["class_id"][i] + 1, st["members"][i], st["kept"][i], st["resolution"][i], stab[i]]
+        cells = "".join(f'<td data-v="{v}">{_cell(v, fmt)}</td>' for v, fmt in zip(vals, formats))
+        rows.append(f'<tr><td><img src="data:image/png;base64,{_thumbnail(imgs[i])}" width="96" height="96" '
+                    f'alt="class {st["class_id"][i] + 1}"></td>{cells}</tr>')
+    head = "<th>average</th>" + "".join(f'<th data-col="{j + 1}" title="sort">{c} ⇅</th>' for j, c in enumerate(cols))
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title or "class averages")}</title>
+<style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
+td,th{{padding:2px 10px;text-align:right;border-bottom:1px solid #ddd}} th[data-col]{{cursor:pointer}}
+img{{image-rendering:pixelated}}</style></head>
+<body><h3>{html.escape(title or "class averages")}</h3>
+<p>{len(imgs)} classes, {int(st["members"].sum())} particles. Click a column header to sort by it.</p>
+<table><thead><tr>{head}</tr></thead><tbody>
+{chr(10).join(rows)}
+</tbody></table>
+{_SORTER}
+</body></html>
+"""
+    with io.atomic_write(out_path) as tmp:
+        tmp.write_text(page)
 
 
 # ----------------------------------------------------------------------------- run summary
@@ -170,7 +267,10 @@ def run_summary(run_dir) -> dict:
     the last iteration ``class`` (1-based), ``members``, ``kept``, ``resolution``; ``images``:
     the working box and pixel size the iterations ran at (``box``, ``pixel_size``) and the
     input's (``input_box``, ``input_pixel_size``, ``maxres``; from ``particles.h5``), with
-    ``final_box`` and ``final_median_resolution`` of the full-size ``classes_final`` if any."""
+    ``final_box`` and ``final_median_resolution`` of the full-size ``classes_final`` if any; with
+    the run's ``stability.h5``, each final class's ``stability`` and ``stability``: ``repeats``,
+    ``threshold_px``, ``median_class`` (median over classes) and ``particle_mean`` (the mean
+    agreement of all classified particles, the member-weighted mean of the classes)."""
     files = sorted(glob.glob(os.path.join(run_dir, "classmx_[0-9][0-9].h5")))
     out: dict = {"iterations": []}
     images = _image_sizes(run_dir)
@@ -209,8 +309,21 @@ def run_summary(run_dir) -> dict:
                 {"class": int(k) + 1, "members": int(m), "kept": int(p),
                  "resolution": None if not np.isfinite(r) else float(r)}
                 for k, m, p, r in zip(st["class_id"], st["members"], st["kept"], st["resolution"])]
+            final_ids = st["class_id"]
         out["iterations"].append(entry)
         prev = cls
+    stab_path = os.path.join(run_dir, "stability.h5")
+    if os.path.exists(stab_path) and "final_classes" in out:
+        attrs = io.read_matrix_attrs(stab_path)
+        stab = _by_class(read_class_stability(stab_path, int(final_ids.max(initial=-1)) + 1), final_ids)
+        for c, s in zip(out["final_classes"], stab):
+            c["stability"] = float(s) if np.isfinite(s) else None
+        members = np.array([c["members"] for c in out["final_classes"]], dtype=float)
+        ok = np.isfinite(stab) & (members > 0)
+        out["stability"] = {
+            "repeats": int(attrs.get("repeats", 0)), "threshold_px": float(attrs.get("threshold", np.nan)),
+            "median_class": float(np.median(stab[ok])) if ok.any() else None,
+            "particle_mean": float(np.sum(stab[ok] * members[ok]) / members[ok].sum()) if ok.any() else None}
     return out
 
 

@@ -1,16 +1,24 @@
 """Pictures for `snakemake --report`: class-average montages (final, initial, every iteration),
-the convergence and class-size plots and the per-iteration summary (`r2d montage`)."""
+the final classes as a sortable HTML table (with their stability, step 12, when it ran), the
+convergence and class-size plots and the per-iteration summary (`r2d montage`)."""
 
 
 rule montage_final:
     input:
-        art(f"classes_{FINAL}.hdf"),
+        classes=art(f"classes_{FINAL}.hdf"),
+        stability=STABILITY or [],
     output:
-        report(
+        montage=report(
             art("report/final_classes.png"),
             caption="../report/final.rst",
             category="1. Final class averages",
             labels={"figure": "montage", "iteration": ITERS[-1]},
+        ),
+        table=report(
+            art("report/final_classes.html"),
+            caption="../report/final_table.rst",
+            category="1. Final class averages",
+            labels={"figure": "class table", "iteration": ITERS[-1]},
         ),
     log:
         art("logs/montage_final.log"),
@@ -24,8 +32,12 @@ rule montage_final:
         title=f"final class averages (iteration {ITERS[-1]}"
         + (f", {WORKING.input_box} px" if CROPPED else "")
         + ")",
+        stability=lambda wildcards, input: (
+            f"--stability {input.stability}" if input.stability else ""
+        ),
     shell:
-        "r2d montage {input} -o {output} --title '{params.title}' > {log} 2>&1"
+        "r2d montage {input.classes} -o {output.montage} --table {output.table} {params.stability}"
+        " --title '{params.title}' > {log} 2>&1"
 
 
 rule montage_init:
@@ -80,6 +92,7 @@ rule summary:
         resultmx=[art(f"resultmx_{it}.h5") for it in ITERS],
         classes=[art(f"classes_{it}.hdf") for it in ITERS],
         final=[art("classes_final.hdf")] if CROPPED else [],
+        stability=STABILITY or [],
     output:
         summary=report(
             art("report/summary.json"),
@@ -117,6 +130,7 @@ rule summary:
 # The report's pictures and summary (final targets).
 REPORT_FILES = [
     art("report/final_classes.png"),
+    art("report/final_classes.html"),
     art("report/summary.json"),
     art("report/convergence.png"),
     art("report/class_sizes.png"),
