@@ -95,6 +95,30 @@ def test_auto_score_drops_noise_and_blob_classes_keeps_particles():
         score_classes(members, None, avgs, score="resolution")
 
 
+def test_auto_score_uses_stability_and_keeps_a_stable_rare_view():
+    """Eight particle classes of one view each; class 7 is a rare view (12 particles), class 8
+    as small but unstable, class 3 large but a mixture (stability 0.15). Without stability both
+    small classes go for their size; with it the stable one is kept as a rare view and the
+    unstable ones go, each for the reason the table gives."""
+    rng = np.random.default_rng(2)
+    n = 48
+    particle = blob_image(n, [(0, 0, 4, 1.0), (6, 3, 3, 0.8), (-5, 4, 2, 0.6), (2, -7, 3, 0.7)])
+    members = np.array([120, 110, 100, 90, 80, 70, 12, 12])
+    avgs = np.array([particle + rng.normal(scale=0.3 / np.sqrt(m), size=(n, n)) for m in members], dtype=np.float32)
+    res = np.full(8, 12.0)
+    stab = np.array([0.8, 0.75, 0.15, 0.85, 0.7, 0.8, 0.9, 0.1])
+    labels = np.repeat(np.arange(1, 9), members)
+    plain = score_classes(members, res, avgs, apix=2.0)
+    assert select_classes(labels, table=plain, auto=True, threshold=-1.0) == [1, 2, 3, 4, 5, 6]
+    t = score_classes(members, res, avgs, apix=2.0, stability=stab)
+    assert select_classes(labels, table=t, auto=True, threshold=-1.0) == [1, 2, 4, 5, 6, 7]
+    assert t.rare.tolist() == [False] * 6 + [True, False] and t.terms["count"][6] == 0
+    assert t.terms["stability"][[0, 1, 3, 5, 6]].max() == 0 and t.terms["stability"][2] < -1
+    assert "rare view" in t.reason(6, True) and "unstable" in t.reason(2, False, -1.0)
+    assert "few particles" in t.reason(7, False, -1.0) and "unstable" in t.reason(7, False, -1.0)
+    assert np.argmin(score_classes(members, res, avgs, score="stability", stability=stab).score) == 7
+
+
 def test_score_outliers():
     rng = np.random.default_rng(0)
     klass = np.repeat([1, 2, 0], [50, 50, 5])

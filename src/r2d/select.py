@@ -26,9 +26,19 @@ particles with class 0 (not classified) are never selected.
      A class of a quarter of the median size loses 1, a class of 4× the median gains 1 (big but
      blurred, heterogeneous classes are not junk when junk is a minority).
 
-   The score is ``S_k = t_con + t_res + t_count`` (a term whose input is missing is left out);
-   classes with ``S_k >= threshold`` are kept (default −1). ``--score contrast``, ``resolution``
-   or ``count`` ranks by one term alone.
+   * stability ``t_stab = min(0, ½ · log2(Q_k / Q_typ))`` from ``r2dStability`` (the workflow's
+     stability repeats): only a class less reproducible than typical loses (an average of
+     noise or a mixture of views, whose members align differently in every repeat).
+
+   A *stable rare view* (``Q_k >= Q_typ`` and ``t_con >= 0``: as reproducible as a typical
+   class and with at least typical per-particle signal, yet under half the median size,
+   ``t_count < −0.5``) loses nothing for its size (``t_count`` set to 0): small classes of real
+   views stay.
+
+   The score is ``S_k = t_con + t_res + t_count + t_stab`` (a term whose input is missing is
+   left out); classes with ``S_k >= threshold`` are kept (default −1). The class table names,
+   for each dropped class, the terms that brought it below the threshold. ``--score contrast``,
+   ``resolution``, ``count`` or ``stability`` ranks by one term alone.
 2. *Particles.* Within each kept class, particles whose score against the class average
    (``r2dScore``, lower is better) lies more than ``outlier_z`` robust standard deviations
    (1.4826 × median absolute deviation) above the class median are dropped (default 3; junk that
@@ -53,10 +63,12 @@ from r2d.export import UNKNOWN_RESOLUTION, read_star_tables, write_star
 
 log = logging.getLogger(__name__)
 
-SCORES = ("combined", "resolution", "count", "contrast")
+SCORES = ("combined", "resolution", "count", "contrast", "stability")
 DEFAULT_THRESHOLD = -1.0
 DEFAULT_OUTLIER_Z = 3.0
 TERM_CAP = 1.0
+STABILITY_FLOOR = 0.01  # stability below it counts as it (log of 0)
+RARE_COUNT = -0.5  # a stable class this far below the median size (half of it) is a rare view
 
 
 def resolve_source(source) -> Path:
@@ -123,7 +135,8 @@ def _typical(values: np.ndarray, weights: np.ndarray) -> float:
 @dataclass
 class ClassTable:
     """Per-class numbers (arrays over classes 1..K): ``number``, ``members``, ``resolution``
-    (Å, NaN unknown), ``contrast``, the terms and ``score``."""
+    (Å, NaN unknown), ``contrast``, ``stability`` (NaN unknown), the terms, ``score`` and
+    ``rare`` (a stable rare view: its count term floored at 0)."""
 
     number: np.ndarray
     members: np.ndarray
@@ -131,16 +144,33 @@ class ClassTable:
     contrast: np.ndarray
     terms: dict
     score: np.ndarray
+    stability: np.ndarray | None = None
+    rare: np.ndarray | None = None
 
     def rows(self):
         for i, k in enumerate(self.number):
             yield int(k), int(self.members[i]), float(self.resolution[i]), float(self.contrast[i]), \
                 {t: float(v[i]) for t, v in self.terms.items()}, float(self.score[i])
 
+    def reason(self, i: int, kept: bool, threshold: float = DEFAULT_THRESHOLD) -> str:
+        """Why class index ``i`` was kept or dropped, in words (for the class table)."""
+        if self.members[i] == 0:
+            return "empty"
+        if kept:
+            return "rare view: stable, counted at its size" if self.rare is not None and self.rare[i] else ""
+        low = sorted((v[i], t) for t, v in self.terms.items() if v[i] < 0)
+        if self.score[i] >= threshold:
+            return "excluded by class number or stability"
+        words = {"contrast": "low contrast", "resolution": "low resolution", "count": "few particles",
+                 "stability": "unstable"}
+        return ", ".join(f"{words[t]} ({v:+.2f})" for v, t in low if v <= -0.25) or "below the threshold"
 
-def score_classes(members, resolution, averages, apix: float | None = None, score: str = "combined") -> ClassTable:
+
+def score_classes(members, resolution, averages, apix: float | None = None, score: str = "combined",
+                  stability=None) -> ClassTable:
     """Scores of classes 1..K (see the module docstring). ``resolution`` in Å (NaN, ≤ 0 or 999 =
-    unknown), ``averages`` ``(K, n, n)``, ``apix`` Å/px (for the worst resolution, the box)."""
+    unknown), ``averages`` ``(K, n, n)``, ``apix`` Å/px (for the worst resolution, the box),
+    ``stability`` ``(K,)`` class stability 0–1 (NaN unknown) or None."""
     if score not in SCORES:
         raise UserError(f"--score {score!r}: use one of {', '.join(SCORES)}")
     members = np.asarray(members, dtype=np.float64)
@@ -161,15 +191,24 @@ def score_classes(members, resolution, averages, apix: float | None = None, scor
             terms["resolution"] = np.minimum(0.0, np.log2(_typical(r, members) / r))
         n_med = float(np.median(members[members > 0])) if (members > 0).any() else 1.0
         terms["count"] = np.minimum(TERM_CAP, 0.5 * np.log2(np.maximum(members, 0.5) / n_med))
+        stab, rare = None, None
+        if stability is not None and np.isfinite(stability).any():
+            stab = np.asarray(stability, dtype=np.float64)
+            typ_q = _typical(stab, members)
+            terms["stability"] = np.where(np.isfinite(stab), np.minimum(
+                0.0, 0.5 * np.log2(np.maximum(stab, STABILITY_FLOOR) / max(typ_q, STABILITY_FLOOR))), 0.0)
+            rare = (stab >= typ_q) & (terms["contrast"] >= 0) & (terms["count"] < RARE_COUNT)
+            terms["count"] = np.where(rare, 0.0, terms["count"])
     if score == "combined":
         total = sum(terms.values())
     else:
         if score not in terms:
-            raise UserError(f"--score {score}: the class averages have no {score} (no rlnEstimatedResolution "
+            column = "rlnEstimatedResolution" if score == "resolution" else "r2dStability"
+            raise UserError(f"--score {score}: the class averages have no {score} (no {column} "
                             "in class_averages.star); use --score combined, count or contrast")
         total = terms[score]
     total = np.where(members > 0, total, -np.inf)
-    return ClassTable(np.arange(1, K + 1), members.astype(int), res, con, terms, total)
+    return ClassTable(np.arange(1, K + 1), members.astype(int), res, con, terms, total, stab, rare)
 
 
 def load_class_averages(star_path: Path, class_averages=None):
@@ -271,17 +310,22 @@ def write_subset(src_star: Path, mask: np.ndarray, out_star, *, mrcs=None, paths
     return len(idx)
 
 
-def format_table(table: ClassTable | None, counts: dict, keep: list[int]) -> str:
-    """The per-class report printed by ``r2d select``."""
+def format_table(table: ClassTable | None, counts: dict, keep: list[int],
+                 threshold: float = DEFAULT_THRESHOLD) -> str:
+    """The per-class report printed by ``r2d select``: numbers, terms, score and the decision."""
     lines = []
     if table is not None:
-        names = [t for t in ("contrast", "resolution", "count") if t in table.terms]
+        names = [t for t in ("contrast", "resolution", "count", "stability") if t in table.terms]
+        stab = table.stability is not None
         lines.append(f"{'class':>5} {'particles':>9} {'res(Å)':>7} {'contrast':>8} "
-                     + " ".join(f"{'t_' + t[:5]:>8}" for t in names) + f" {'score':>6}  kept")
+                     + (f"{'stability':>9} " if stab else "")
+                     + " ".join(f"{'t_' + t[:5]:>8}" for t in names) + f" {'score':>6}  kept  why")
         for k, m, r, c, terms, s in sorted(table.rows(), key=lambda row: -row[5]):
+            i = k - 1
             lines.append(f"{k:5d} {counts.get(k, 0):9d} {r if np.isfinite(r) else float('nan'):7.1f} {c:8.2f} "
+                         + (f"{table.stability[i]:9.2f} " if stab else "")
                          + " ".join(f"{terms[t]:8.2f}" for t in names)
-                         + f" {s:6.2f}  {'yes' if k in keep else 'no'}")
+                         + f" {s:6.2f}  {'yes ' if k in keep else 'no  '}  {table.reason(i, k in keep, threshold)}")
     else:
         lines.append(f"{'class':>5} {'particles':>9}  kept")
         for k in sorted(counts):

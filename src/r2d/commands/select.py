@@ -7,10 +7,12 @@ kept, image names rewritten for its location) and, with ``--mrcs``, a stack of j
 particles. The class table (particles, resolution, contrast, score, kept) is printed.
 
 ``--auto`` keeps the classes whose score (``r2d.select``: log2 of resolution, contrast of the
-average and, for very small classes, particle count, relative to the typical class) is at least
-``--threshold`` (default -1, i.e. about half as good as the typical class; ``--score`` picks a
-single criterion), then drops particles whose score against their class average is an outlier
-(more than ``--outlier-z`` robust standard deviations worse than the class median; default 3).
+average, particle count and, when the export has ``r2dStability``, stability, relative to the
+typical class; a small class as stable as a typical one, with typical contrast, is not marked
+down for its size) is at least ``--threshold`` (default -1, i.e. about half as good as the
+typical class; ``--score`` picks a single criterion), then drops particles whose score against
+their class average is an outlier (more than ``--outlier-z`` robust standard deviations worse
+than the class median; default 3). The class table says why each class was dropped.
 
 ``--min-stability S`` drops the classes whose stability (``r2dStability``, from the workflow's
 stability repeats) is below S.
@@ -117,7 +119,8 @@ def main(args):
     if ca is not None:
         res, imgs, apix = ca
         members = np.bincount(cls[cls >= 1], minlength=len(imgs) + 1)[1:len(imgs) + 1]
-        table = score_classes(members, res, imgs, apix, args.score)
+        table = score_classes(members, res, imgs, apix, args.score,
+                              stability=class_column(src, "r2dStability", args.class_averages))
     keep = select_classes(cls, classes=parse_classes(args.classes), exclude=parse_classes(args.exclude_classes),
                           table=table, auto=args.auto, threshold=args.threshold)
     if args.min_stability is not None:
@@ -142,7 +145,7 @@ def main(args):
         out = score_outliers(np.where(mask, cls, 0), parts["r2dScore"].to_numpy(dtype=float), z)
         n_out = int(out.sum())
         mask &= ~out
-    print(format_table(table, counts, keep))
+    print(format_table(table, counts, keep, args.threshold))
     print(f"kept {len(keep)} of {len(counts)} classes: {', '.join(map(str, keep)) or '-'}")
     if z > 0:
         print(f"dropped {n_out} particles scoring more than {z:g} robust σ worse than their class median")
