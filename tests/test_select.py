@@ -97,7 +97,7 @@ def test_auto_score_drops_noise_and_blob_classes_keeps_particles():
 
 def test_auto_score_uses_stability_and_keeps_a_stable_rare_view():
     """Eight particle classes of one view each; class 7 is a rare view (12 particles), class 8
-    as small but unstable, class 3 large but a mixture (stability 0.15). Without stability both
+    as small but unstable, class 3 large but a mixture (stability 0.1). Without stability both
     small classes go for their size; with it the stable one is kept as a rare view and the
     unstable ones go, each for the reason the table gives."""
     rng = np.random.default_rng(2)
@@ -106,7 +106,7 @@ def test_auto_score_uses_stability_and_keeps_a_stable_rare_view():
     members = np.array([120, 110, 100, 90, 80, 70, 12, 12])
     avgs = np.array([particle + rng.normal(scale=0.3 / np.sqrt(m), size=(n, n)) for m in members], dtype=np.float32)
     res = np.full(8, 12.0)
-    stab = np.array([0.8, 0.75, 0.15, 0.85, 0.7, 0.8, 0.9, 0.1])
+    stab = np.array([0.8, 0.75, 0.1, 0.85, 0.7, 0.8, 0.9, 0.05])
     labels = np.repeat(np.arange(1, 9), members)
     plain = score_classes(members, res, avgs, apix=2.0)
     assert select_classes(labels, table=plain, auto=True, threshold=-1.0) == [1, 2, 3, 4, 5, 6]

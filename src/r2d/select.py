@@ -26,12 +26,14 @@ particles with class 0 (not classified) are never selected.
      A class of a quarter of the median size loses 1, a class of 4× the median gains 1 (big but
      blurred, heterogeneous classes are not junk when junk is a minority).
 
-   * stability ``t_stab = min(0, ½ · log2(Q_k / Q_typ))`` from ``r2dStability`` (the workflow's
-     stability repeats): only a class less reproducible than typical loses (an average of
-     noise or a mixture of views, whose members align differently in every repeat).
+   * stability ``t_stab = min(0, ½ · log2(Q_k / (0.8 · Q_typ)))`` from ``r2dStability`` (the
+     workflow's stability repeats): only a class clearly less reproducible than typical loses
+     (an average of noise or a mixture of views, whose members align differently in every
+     repeat); within 80 % of the typical stability counts as typical (three repeats make a
+     noisy estimate).
 
-   A *stable rare view* (``Q_k >= Q_typ`` and ``t_con >= 0``: as reproducible as a typical
-   class and with at least typical per-particle signal, yet under half the median size,
+   A *stable rare view* (``Q_k >= 0.8 · Q_typ`` and ``t_con >= 0``: about as reproducible as a
+   typical class and with at least typical per-particle signal, yet under half the median size,
    ``t_count < −0.5``) loses nothing for its size (``t_count`` set to 0): small classes of real
    views stay.
 
@@ -68,6 +70,7 @@ DEFAULT_THRESHOLD = -1.0
 DEFAULT_OUTLIER_Z = 3.0
 TERM_CAP = 1.0
 STABILITY_FLOOR = 0.01  # stability below it counts as it (log of 0)
+STABLE_SHARE = 0.8  # a class at least this share of the typical stability counts as stable
 RARE_COUNT = -0.5  # a stable class this far below the median size (half of it) is a rare view
 
 
@@ -195,9 +198,10 @@ def score_classes(members, resolution, averages, apix: float | None = None, scor
         if stability is not None and np.isfinite(stability).any():
             stab = np.asarray(stability, dtype=np.float64)
             typ_q = _typical(stab, members)
+            ref_q = max(STABLE_SHARE * typ_q, STABILITY_FLOOR)
             terms["stability"] = np.where(np.isfinite(stab), np.minimum(
-                0.0, 0.5 * np.log2(np.maximum(stab, STABILITY_FLOOR) / max(typ_q, STABILITY_FLOOR))), 0.0)
-            rare = (stab >= typ_q) & (terms["contrast"] >= 0) & (terms["count"] < RARE_COUNT)
+                0.0, 0.5 * np.log2(np.maximum(stab, STABILITY_FLOOR) / ref_q)), 0.0)
+            rare = (stab >= ref_q) & (terms["contrast"] >= 0) & (terms["count"] < RARE_COUNT)
             terms["count"] = np.where(rare, 0.0, terms["count"])
     if score == "combined":
         total = sum(terms.values())
