@@ -8,7 +8,7 @@ import starfile
 
 from r2d import cli, io
 from r2d.errors import UserError
-from r2d.select import contrast, parse_classes, score_classes, score_outliers, select_classes
+from r2d.select import contrast, parse_classes, score_classes, score_outliers, select_classes, unstable_misfits
 from conftest import REPO, TINY_N as N, blob_image
 
 REPO_CONFIG = REPO / "config" / "config.yaml"
@@ -127,6 +127,20 @@ def test_score_outliers():
     score[100] = 5.0  # unclassified: never an outlier
     np.testing.assert_array_equal(np.flatnonzero(score_outliers(klass, score, 3.0)), [3, 60])
     assert not score_outliers(klass, score, 0).any()
+
+
+def test_unstable_misfits():
+    """Dropped: agreed with no repeat *and* scores more than z robust σ worse than its class
+    median; either alone is not enough; unclassified or unknown stability never."""
+    rng = np.random.default_rng(3)
+    klass = np.repeat([1, 2, 0], [40, 40, 4])
+    score = rng.normal(-0.9, 0.01, len(klass))
+    agreement = np.full(len(klass), 2 / 3)
+    score[[1, 2, 41]] = -0.85  # misfits (5 σ)
+    agreement[[1, 41, 5, 80]] = 0.0  # 1 and 41 also unstable; 5 unstable but fits; 80 unclassified
+    agreement[2] = np.nan  # unknown stability: kept
+    np.testing.assert_array_equal(np.flatnonzero(unstable_misfits(klass, score, agreement, 1.0)), [1, 41])
+    assert not unstable_misfits(klass, score, agreement, 10.0).any()
 
 
 @pytest.mark.slow

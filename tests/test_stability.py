@@ -148,3 +148,21 @@ def test_exported_and_selected(tiny_run, tmp_path):
                      "-o", str(tmp_path / "stable.star")]) == 0
     kept = starfile.read(tmp_path / "stable.star", always_dict=True)["particles"]["rlnClassNumber"]
     assert set(kept) == set(classes["rlnClassNumber"]) - low and low
+    # --unstable-z: the particles that agreed with no repeat and fit worse than their class median go
+    from r2d.select import robust_z
+
+    zeroed = dict(st, agreement=np.where(np.arange(len(st["particle"])) % 3 == 0, 0.0, st["agreement"]))
+    io.write_matrix(tmp_path / "zeroed.h5", zeroed, {"artifact": "stability"})
+    out2 = tmp_path / "export2"
+    assert cli.main(["export", str(run), "--input", str(tiny_run / "data" / "particles.star"), "-o", str(out2),
+                     "--stability", str(tmp_path / "zeroed.h5")]) == 0
+    assert cli.main(["select", str(out2 / "particles.star"), "--unstable-z", "0", "-o", str(tmp_path / "u.star")]) == 0
+    names = starfile.read(tmp_path / "u.star", always_dict=True)["particles"]["rlnImageName"]
+    kept_idx = names.str.split("@").str[0].astype(int).to_numpy() - 1
+    klass = parts["rlnClassNumber"].to_numpy()
+    gone = np.setdiff1d(np.flatnonzero(klass > 0), kept_idx)
+    unstable = np.zeros(len(parts), bool)
+    unstable[zeroed["particle"][zeroed["agreement"] == 0]] = True
+    expected = np.flatnonzero(unstable & (robust_z(klass, parts["r2dScore"].to_numpy(float)) > 0) & (klass > 0))
+    assert len(expected) >= 5
+    np.testing.assert_array_equal(gone, expected)

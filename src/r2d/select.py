@@ -46,6 +46,10 @@ particles with class 0 (not classified) are never selected.
    (1.4826 × median absolute deviation) above the class median are dropped (default 3; junk that
    k-means put into a good class). ``--outlier-z 0`` turns this off.
 
+``--unstable-z Z`` (off by default) also drops, in the kept classes, the particles that agreed
+with none of the stability repeats (``r2dStability`` 0) and score more than ``Z`` robust σ worse
+than their class median: junk neither fits its class nor aligns the same way twice.
+
 These rules and constants are heuristics. At realistic SNR junk spreads over the good
 classes, where the class score cannot see it (``docs/benchmarks.md``, "Cleaning a data set
 with junk"). Look at the class table before trusting it.
@@ -267,20 +271,32 @@ def select_classes(class_numbers: np.ndarray, *, classes=None, exclude=None, tab
     return [k for k in keep if k not in drop]
 
 
-def score_outliers(klass: np.ndarray, score: np.ndarray, z: float = DEFAULT_OUTLIER_Z) -> np.ndarray:
-    """Particles whose ``score`` (lower is better) is more than ``z`` robust σ (1.4826 × MAD)
-    above the median of their class (class > 0); a boolean mask. ``z <= 0``: none."""
-    out = np.zeros(len(klass), dtype=bool)
-    if z <= 0:
-        return out
+def robust_z(klass: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Per particle, ``(score − class median) / (1.4826 × MAD)`` within its class (class > 0);
+    0 outside any class and in classes of fewer than 5 particles or no spread."""
+    out = np.zeros(len(klass))
     for k in np.unique(klass[klass > 0]):
         idx = np.flatnonzero(klass == k)
         s = score[idx]
         med = np.median(s)
         mad = 1.4826 * np.median(np.abs(s - med))
         if len(idx) >= 5 and mad > 0:
-            out[idx] = (s - med) / mad > z
+            out[idx] = (s - med) / mad
     return out
+
+
+def score_outliers(klass: np.ndarray, score: np.ndarray, z: float = DEFAULT_OUTLIER_Z) -> np.ndarray:
+    """Particles whose ``score`` (lower is better) is more than ``z`` robust σ (1.4826 × MAD)
+    above the median of their class (class > 0); a boolean mask. ``z <= 0``: none."""
+    if z <= 0:
+        return np.zeros(len(klass), dtype=bool)
+    return robust_z(klass, score) > z
+
+
+def unstable_misfits(klass: np.ndarray, score: np.ndarray, agreement: np.ndarray, z: float) -> np.ndarray:
+    """Particles that agreed with none of the stability repeats (``agreement`` 0) and whose
+    ``score`` is more than ``z`` robust σ worse than their class median; a boolean mask."""
+    return (np.nan_to_num(agreement, nan=1.0) == 0) & (robust_z(klass, score) > z)
 
 
 def write_subset(src_star: Path, mask: np.ndarray, out_star, *, mrcs=None, paths: str = "relative") -> int:

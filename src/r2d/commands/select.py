@@ -15,7 +15,8 @@ their class average is an outlier (more than ``--outlier-z`` robust standard dev
 than the class median; default 3). The class table says why each class was dropped.
 
 ``--min-stability S`` drops the classes whose stability (``r2dStability``, from the workflow's
-stability repeats) is below S.
+stability repeats) is below S; ``--unstable-z Z`` drops the particles that agreed with no
+repeat and score more than Z robust σ worse than their class median.
 
 ``--rebalance N`` then caps over-represented views (preferred orientation; cryoSPARC's Rebalance
 2D): classes whose averages correlate at least ``--rebalance-ccc`` after the best rotation, shift
@@ -38,7 +39,7 @@ from r2d.rebalance import DEFAULT_GROUP_CCC
 from r2d.select import (DEFAULT_OUTLIER_Z, DEFAULT_THRESHOLD, SCORES, class_column, format_table,
                         load_class_averages,
                         parse_classes, resolve_source, score_classes, score_outliers, select_classes,
-                        write_subset)
+                        unstable_misfits, write_subset)
 
 
 def add_args(p):
@@ -54,6 +55,9 @@ def add_args(p):
     p.add_argument("--outlier-z", type=float, default=None,
                    help=f"drop particles scoring more than Z robust σ worse than their class median "
                         f"(default {DEFAULT_OUTLIER_Z:g} with --auto, off otherwise; 0 = off)")
+    p.add_argument("--unstable-z", type=float, default=None, metavar="Z",
+                   help="also drop particles of the kept classes that agreed with no stability repeat "
+                        "(r2dStability 0) and score more than Z robust σ worse than their class median, e.g. 1")
     p.add_argument("--drop-excluded", action="store_true",
                    help="also drop particles that classkeep left out of their class average (r2dExcluded = 1)")
     p.add_argument("--min-stability", type=float, default=None, metavar="S",
@@ -145,10 +149,22 @@ def main(args):
         out = score_outliers(np.where(mask, cls, 0), parts["r2dScore"].to_numpy(dtype=float), z)
         n_out = int(out.sum())
         mask &= ~out
+    n_unstable = 0
+    if args.unstable_z is not None:
+        if "r2dStability" not in parts or "r2dScore" not in parts:
+            raise UserError(f"{src}: no r2dStability or r2dScore column for --unstable-z; run the workflow with "
+                            "stability on (the default) or r2d export --stability")
+        out = unstable_misfits(np.where(mask, cls, 0), parts["r2dScore"].to_numpy(dtype=float),
+                               parts["r2dStability"].to_numpy(dtype=float), args.unstable_z) & mask
+        n_unstable = int(out.sum())
+        mask &= ~out
     print(format_table(table, counts, keep, args.threshold))
     print(f"kept {len(keep)} of {len(counts)} classes: {', '.join(map(str, keep)) or '-'}")
     if z > 0:
         print(f"dropped {n_out} particles scoring more than {z:g} robust σ worse than their class median")
+    if args.unstable_z is not None:
+        print(f"dropped {n_unstable} particles that agreed with no stability repeat and score more than "
+              f"{args.unstable_z:g} robust σ worse than their class median")
     if args.rebalance is not None:
         before = int(mask.sum())
         mask, groups = _rebalance(args, ca, cls, mask)
