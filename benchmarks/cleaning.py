@@ -40,7 +40,9 @@ def main() -> int:
     ap.add_argument("--junk", type=float, default=0.25)
     ap.add_argument("--data-seed", type=int, default=21)
     ap.add_argument("--ctf", default="full", choices=["full", "flip"])
-    ap.add_argument("--snr-disc", type=float, default=0.4)
+    ap.add_argument("--snr", type=float, default=0.1)
+    ap.add_argument("--snr-disc", type=float, default=0.4, help="disc (fraction of the box) the SNR is measured "
+                    "in; 0: the whole box")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--ncls", type=int, default=32)
     ap.add_argument("--phantom", action="store_true")
@@ -52,7 +54,7 @@ def main() -> int:
     wd = Path(args.workdir)
     cmd = [sys.executable, str(REPO / "benchmarks" / "pipeline.py"), "--junk", str(args.junk), "--ctf", args.ctf,
            "--defocus", "8000", "25000", "--data-seed", str(args.data_seed), "--n", str(args.n),
-           "--ncls", str(args.ncls), "--workdir", str(wd)]
+           "--ncls", str(args.ncls), "--snr", str(args.snr), "--workdir", str(wd)]
     if args.snr_disc:
         cmd += ["--snr-disc", str(args.snr_disc)]
     if args.phantom:

@@ -64,6 +64,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="workflow seed (the data are always simulated with seed 1)")
     ap.add_argument("--averager", default=None, help="classaverager (default: the workflow's default)")
     ap.add_argument("--ctf", default="flip", choices=["flip", "full"], help="CTF of the simulated data")
+    ap.add_argument("--snr", type=float, default=0.1, help="SNR of the simulated data (default 0.1)")
     ap.add_argument("--snr-disc", type=float, default=None, metavar="FRACTION",
                     help="state the SNR inside a disc of radius FRACTION x box (r2d simulate --snr-disc)")
     ap.add_argument("--defocus", type=float, nargs=2, default=(10000, 30000), metavar=("MIN", "MAX"))
@@ -91,7 +92,7 @@ def main() -> int:
         if args.preferred:
             extra += ["--preferred", str(args.preferred)]
         subprocess.run([BIN / "r2d", "simulate", *src, "--apix", "5", "--n", str(args.n), "--box", "64",
-                        "--snr", "0.1", "--shift", "3", "--ctf", args.ctf, "--defocus", *map(str, args.defocus),
+                        "--snr", str(args.snr), "--shift", "3", "--ctf", args.ctf, "--defocus", *map(str, args.defocus),
                         *extra, "--seed", str(args.data_seed), "-o", str(wd / "data")], check=True, env=env)
     (wd / "config").mkdir(exist_ok=True)
     cfg = {"input": "data/particles.star", "path": "run", "ncls": args.ncls, "iter": args.iter, "naliref": 5,
