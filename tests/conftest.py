@@ -57,6 +57,21 @@ def tiny_stack(tmp_path_factory) -> Path:
     return d
 
 
+def map_volume(name: str) -> np.ndarray:
+    """A test molecule: ``"phantom"`` (r2d's own, 48 px at 6 Å) or a map file of ../shared/data/maps
+    (the test is skipped when ../shared is absent); float32 ``(n, n, n)``."""
+    import mrcfile
+
+    from r2d.phantom import phantom_volume
+
+    if name == "phantom":
+        return phantom_volume(48, 6.0)
+    path = SHARED / "maps" / name
+    if not path.exists():
+        pytest.skip(f"{path} not found (../shared absent)")
+    return mrcfile.read(path).astype(np.float32)
+
+
 #: the small finished run (tiny_run): 60 particles, 4 classes, one iteration
 TINY_N = 60
 TINY_APIX = 10.0

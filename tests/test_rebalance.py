@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mrcfile
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -10,23 +9,12 @@ import starfile
 
 from r2d import cli
 from r2d import transforms as tf
-from r2d.phantom import phantom_volume
 from r2d.rebalance import cap_groups, similarity, view_groups
 from r2d.simulate import euler_to_matrix, project
-from conftest import REPO
+from conftest import map_volume
 
 #: noise of the class averages over their signal (std), low-passed as averages are
 NOISE = 0.25
-MAPS = REPO.parent / "shared" / "data" / "maps"
-
-
-def _volume(name):
-    if name == "phantom":
-        return phantom_volume(48, 6.0)
-    path = MAPS / name
-    if not path.exists():
-        pytest.skip(f"{path} not found (../shared absent)")
-    return mrcfile.read(path).astype(np.float32)
 
 
 def _averages(vol, box, rng):
@@ -46,7 +34,7 @@ def _averages(vol, box, rng):
 
 @pytest.mark.parametrize("name", ["phantom", "groel_emd1080_100px.mrc", "cmg_emd1832_64px.mrc"])
 def test_view_groups_join_the_copies_of_one_view(name):
-    vol = _volume(name)
+    vol = map_volume(name)
     rng = np.random.default_rng(7)
     avgs = _averages(vol, 64, rng)
     sim = similarity(avgs)

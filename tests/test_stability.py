@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mrcfile
 import numpy as np
 import pytest
 
@@ -10,11 +9,9 @@ from r2d import cli, io
 from r2d import simulate as sim
 from r2d import transforms as tf
 from r2d.average import class_averages
-from r2d.phantom import phantom_volume
 from r2d.stability import consensus_errors, summarise, transform_error
-from conftest import REPO
+from conftest import map_volume
 
-MAPS = REPO.parent / "shared" / "data" / "maps"
 #: (rot, tilt) of the simulated views; 0-3 make one class each, 4+5 and 6+7 two mixed classes
 VIEWS = [(0, 0), (0, 90), (90, 90), (45, 45), (135, 60), (60, 130), (200, 100), (300, 30)]
 PER_VIEW = 40
@@ -44,15 +41,6 @@ def test_summarise():
     np.testing.assert_allclose(stab, [0.75, np.nan, np.nan])
 
 
-def _volume(name):
-    if name == "phantom":
-        return phantom_volume(48, 6.0)
-    path = MAPS / name
-    if not path.exists():
-        pytest.skip(f"{path} not found (../shared absent)")
-    return mrcfile.read(path).astype(np.float32)
-
-
 def _data(vol, snr, seed):
     """Particles of the eight views (random in-plane rotations, shifts up to 2 px, white noise
     at ``snr`` over the box) and PER_VIEW pure-noise images; their view (−1 = noise)."""
@@ -77,7 +65,7 @@ def test_mixed_classes_score_lower_and_noise_lowest(name, snr, tmp_path):
     """Four classes of one view each, two classes each mixing two views (at least 60° apart),
     one class of pure noise, SNR ``snr`` over the box: three random-order repeats of class
     averaging."""
-    imgs, view = _data(_volume(name), snr, seed=4)
+    imgs, view = _data(map_volume(name), snr, seed=4)
     label = np.where(view < 0, 6, np.where(view < 4, view, 4 + (view - 4) // 2))
     kw = dict(iterations=5, aligner="rotate_translate_flip", averager="mean", normproc="normalize.edgemean")
     final = _table(class_averages(imgs, label, **kw))
