@@ -68,6 +68,7 @@ import numpy as np
 
 from r2d import io
 from r2d.errors import InputError
+from r2d.stability import read_table
 
 log = logging.getLogger(__name__)
 
@@ -443,20 +444,6 @@ def _copy_to_mrcs(stack: io.Stack, path: Path, pixel_size: float, chunk: int = 4
             mrc.voxel_size = pixel_size
 
 
-def read_stability(path, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(per particle (n,), per class (n_classes,))`` float64 stability from a ``r2d stability``
-    table (NaN where it has none)."""
-    t = io.read_matrix(path)
-    if not {"particle", "agreement", "stability"} <= set(t):
-        raise InputError(f"{path}: not a stability table (particle, agreement, stability); run r2d stability")
-    per_particle = np.full(n, np.nan)
-    per_particle[t["particle"]] = t["agreement"]
-    per_class = np.full(n_classes, np.nan)
-    k = min(n_classes, len(t["stability"]))
-    per_class[:k] = t["stability"][:k]
-    return per_particle, per_class
-
-
 def export_run(run_dir, input_path, outdir, *, iteration=None, apix: float | None = None,
                paths: str = "relative", stability=None) -> dict[str, Path]:
     """Write all exports of a run (see the module docstring); returns ``{kind: path}``.
@@ -478,7 +465,7 @@ def export_run(run_dir, input_path, outdir, *, iteration=None, apix: float | Non
                             "absolute" if paths == "absolute" else "relative")
         written["particles_mrcs"] = copy
     tables = relion_tables(stack, result, outdir, pixel_size=pixel_size, paths=paths, names=names)
-    stab = None if stability is None else read_stability(stability, len(stack), result.n_classes)
+    stab = None if stability is None else read_table(stability, len(stack), result.n_classes)
     if stab is not None:
         tables["particles"]["r2dStability"] = np.where(result.klass >= 0, stab[0], np.nan)
     write_star(outdir / "particles.star", tables)

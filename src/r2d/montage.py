@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from r2d import io
-from r2d.errors import InputError
+from r2d.stability import read_table
 
 
 def _pyplot():
@@ -115,14 +115,8 @@ def class_label(class_id: int, members: int, resolution: float = np.nan, stabili
 
 
 def read_class_stability(path, n_classes: int) -> np.ndarray:
-    """Per-class stability ``(n_classes,)`` float64 from a ``r2d stability`` table (NaN where none)."""
-    t = io.read_matrix(path)
-    if "stability" not in t:
-        raise InputError(f"{path}: no stability column; give the table r2d stability wrote")
-    out = np.full(n_classes, np.nan)
-    k = min(n_classes, len(t["stability"]))
-    out[:k] = t["stability"][:k]
-    return out
+    """Per-class stability ``(n_classes,)`` from a ``r2d stability`` table (NaN where none)."""
+    return read_table(path, 0, n_classes)[1]
 
 
 def class_montage(stack_path, out_path, title: str = "", stability=None) -> None:

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from r2d import io
 from r2d import transforms as tf
+from r2d.errors import InputError
 
-__all__ = ["transform_error", "consensus_errors", "summarise", "STABLE_PX"]
+__all__ = ["transform_error", "consensus_errors", "summarise", "read_table", "STABLE_PX"]
 
 #: a member agrees with a repeat when its error is at most this many pixels
 STABLE_PX = 2.0
@@ -94,3 +96,18 @@ def summarise(errors: np.ndarray, label: np.ndarray, n_classes: int, threshold: 
         stability = np.where(total > 0, good / np.maximum(total, 1), np.nan)
     return (np.where(ok, agree, np.nan).astype(np.float32), np.where(ok, spread, np.nan).astype(np.float32),
             stability.astype(np.float32))
+
+
+def read_table(path, n: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(per particle (n,), per class (n_classes,))`` float64 stability from a ``r2d stability``
+    table (NaN where it has none); particles beyond ``n`` are left out."""
+    t = io.read_matrix(path)
+    if not {"particle", "agreement", "stability"} <= set(t):
+        raise InputError(f"{path}: not a stability table (particle, agreement, stability); run r2d stability")
+    per_particle = np.full(n, np.nan)
+    inside = t["particle"] < n
+    per_particle[t["particle"][inside]] = t["agreement"][inside]
+    per_class = np.full(n_classes, np.nan)
+    k = min(n_classes, len(t["stability"]))
+    per_class[:k] = t["stability"][:k]
+    return per_particle, per_class
