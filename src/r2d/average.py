@@ -464,9 +464,33 @@ def _score_stats(m: _Members, score: np.ndarray):
     return qual, qual_sigma
 
 
-def _iterate(job: _Job, m: _Members, passes, ref, par, *, iterations, keep, keepsig, local, averager, automask):
-    """The ``iterations + 1`` passes of align every member → score → average the kept ones.
+#: a class has converged when, from one pass to the next, at most this share of its members
+#: (and never more than 2 changes of the kept set) moved further than :data:`SETTLED_PX`
+SETTLED_SHARE = 0.02
+#: px: how far a member may move between passes and still count as settled (the shift plus
+#: the rotation's arc at a quarter of the box)
+SETTLED_PX = 0.5
 
+
+def _settled(m: _Members, n: int, before, after, use_before, use_after) -> np.ndarray:
+    """(K,) bool: the classes whose members' transforms hardly moved from ``before`` to ``after``
+    (four (N,) arrays each; images ``n`` px) and whose kept set ``use_*`` (N,) bool hardly changed (see
+    :data:`SETTLED_SHARE`, :data:`SETTLED_PX`). A class's verdict depends on its members only."""
+    lab, valid, K = m.lab, m.valid, m.K
+    dalpha = np.abs((after[0] - before[0] + 180.0) % 360.0 - 180.0)
+    arc = np.deg2rad(dalpha) * (0.25 * n)
+    moved = (np.hypot(after[1] - before[1], after[2] - before[2]) + arc > SETTLED_PX) | (after[3] != before[3])
+    n_moved = np.bincount(lab[valid & moved], minlength=K)
+    n_kept = np.bincount(lab[valid & (use_before != use_after)], minlength=K)
+    allowed = SETTLED_SHARE * m.counts
+    return (n_moved <= allowed) & (n_kept <= np.maximum(2, allowed))
+
+
+def _iterate(job: _Job, m: _Members, passes, ref, par, *, iterations, keep, keepsig, local, averager, automask):
+    """Up to ``iterations + 1`` passes of align every member → score → average the kept ones.
+
+    A class stops early, after its third pass or later, once a pass left it settled
+    (:func:`_settled`): its members, reference and scores stay as that pass left them.
     ``ref`` (K, n, n) float32 the first working reference; ``par`` (four (N,) float64, updated in
     place) the members' transforms. Returns the last working reference, ``use`` (N,) bool (kept
     by the last pass's scores), ``score`` (N,) float64 (the last pass's) and ``qual``,
@@ -478,29 +502,43 @@ def _iterate(job: _Job, m: _Members, passes, ref, par, *, iterations, keep, keep
     qual = np.zeros(m.K)
     qual_sigma = np.ones(m.K)
     idx = np.flatnonzero(m.valid)
+    active = m.counts > 0
+    before = None
     for it in range(iterations + 2):
         if it > 0:
+            last_use = use
             use, qual, qual_sigma = _member_quality(m, score, keep, keepsig)
-        if it == iterations + 1:
+            if it >= 3:
+                active &= ~_settled(m, job.n, before, par, last_use, use)
+        if it == iterations + 1 or not active.any():
             break
         # local search around the previous transform: after the first pass, and in the first
         # for members that start from their prior
         near = (m.from_prior if it == 0 else np.ones(N, dtype=bool)) if local else np.zeros(N, dtype=bool)
-        ref = _align_pass(job, m, passes, ref, par, score, use, near, averager, automask)
-        log.info("class averaging pass %d/%d: mean score %.4f, %d of %d kept", it + 1, iterations + 1,
-                 float(score[idx].mean()) if len(idx) else 0.0, int(use.sum()), int(m.valid.sum()))
+        before = [p.copy() for p in par]
+        ref = _align_pass(job, m, passes, ref, par, score, use, near, averager, automask, active)
+        log.info("class averaging pass %d/%d: mean score %.4f, %d of %d kept, %d of %d classes aligned", it + 1,
+                 iterations + 1, float(score[idx].mean()) if len(idx) else 0.0, int(use.sum()),
+                 int(m.valid.sum()), int(active.sum()), int((m.counts > 0).sum()))
     return ref, use, score, qual, qual_sigma
 
 
-def _align_pass(job: _Job, m: _Members, passes, ref, par, score, use, near, averager, automask):
-    """One pass: every member aligned to its class's reference ``ref`` (K, n, n) float32 (a local
-    search around ``par`` where ``near`` (N,) bool) and scored; ``par`` (four (N,) float64) and
-    ``score`` (N,) float64 are updated in place. Returns the next working reference (K, n, n)
-    float32: the average of the members in ``use`` (N,) bool, normalised and masked."""
+def _align_pass(job: _Job, m: _Members, passes, ref, par, score, use, near, averager, automask, active):
+    """One pass: every member of the ``active`` (K,) bool classes aligned to its class's reference
+    ``ref`` (K, n, n) float32 (a local search around ``par`` where ``near`` (N,) bool) and scored;
+    ``par`` (four (N,) float64) and ``score`` (N,) float64 are updated in place. Returns the next
+    working reference (K, n, n) float32: for the active classes, the average of the members in
+    ``use`` (N,) bool, normalised and masked; the others' references as they were."""
     n = job.n
-    acc = Accumulator(n, m.lab, use, m.K, averager, ctf=job.ctf, workers=job.workers)
+    acc = Accumulator(n, m.lab, use & active[np.maximum(m.lab, 0)], m.K, averager, ctf=job.ctf,
+                      workers=job.workers)
     cache: dict = {}  # the reference's polar tables, for every block of this pass
     for rows, (X, Xs) in passes.blocks():
+        on = active[m.lab[rows]]
+        if not on.any():
+            continue
+        if not on.all():
+            rows, X, Xs = rows[on], X[on], Xs[on]
         sc = np.empty(len(rows))
         params = [np.empty(len(rows)) for _ in range(4)]
         for part, is_local in ((near[rows], True), (~near[rows], False)):
@@ -518,7 +556,8 @@ def _align_pass(job: _Job, m: _Members, passes, ref, par, score, use, near, aver
         u = use[rows]  # only the members this pass averages are interpolated (the others add nothing)
         acc.add(rows[u], tf.transform(X[u], *(q[u] for q in params), workers=job.workers), params[0][u],
                 params[3][u])
-    return _shape_reference(acc.finish(), max(5, n // 12), automask)
+    new = _shape_reference(acc.finish(), max(5, n // 12), automask)
+    return np.where(active[:, None, None], new, ref)
 
 
 def _final_average(job: _Job, m: _Members, passes, ref, par, use, center, averager):

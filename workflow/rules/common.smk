@@ -29,8 +29,9 @@ ITERS = [f"{i:02d}" for i in range(1, config["iter"] + 1)]
 R2D_ENV = "../envs/r2d.yaml"
 
 # Scheduling (Snakemake starts ready jobs by priority): the chain to classes_YY first (mra,
-# classmx, class chunks: most of an iteration's work), then the short reference steps, then
-# the side branch simmx_YY -> input_YY_proj, which fills the cores the chain leaves free.
+# classmx, class chunks: most of an iteration's work; after the last iteration the stability
+# repeats), then the short reference steps, then the side branch simmx_YY -> input_YY_proj,
+# which fills the cores the chain leaves free.
 PRIO_MRA, PRIO_CLASSES, PRIO_REFS = 3, 2, 1
 
 
@@ -210,13 +211,16 @@ def final_outputs():
 
     The last class averages, the report's pictures (REPORT_FILES in report.smk) and the
     exports (EXPORT_FILES in export.smk); with `classify: mra` also every iteration's
-    input_YY_proj (and so simmx_YY), which classmx_YY then does not need.
+    input_YY_proj (and so simmx_YY), which classmx_YY then does not need, and with mragrow
+    input_fp_basis_proj (and so input_fp_basis), which classmx_00 then does not need.
     """
     side = (
         [art(f"input_{it}_proj.h5") for it in ITERS]
         if config["classify"] == "mra"
         else []
     )
+    if GROW is not None:
+        side.insert(0, art("input_fp_basis_proj.h5"))
     return [art(f"classes_{ITERS[-1]}.hdf"), *side, *REPORT_FILES, *EXPORT_FILES]
 
 

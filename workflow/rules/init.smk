@@ -96,9 +96,11 @@ rule input_fp_basis_proj:
         "r2d project {input.fp} {input.basis} -o {output} {params.normproj} > {log} 2>&1"
 
 
+# mragrow starts from one class of the particles input_fp lists: classmx_00 needs no k-means
+# then, and classes_init runs beside input_fp_basis and input_fp_basis_proj
 rule classmx_00:
     input:
-        art("input_fp_basis_proj.h5"),
+        art("input_fp.h5") if GROW else art("input_fp_basis_proj.h5"),
     output:
         art("classmx_00.h5"),
     log:

@@ -25,6 +25,7 @@ rule stability_repeat:
         art("logs/stability_{rep}.log"),
     benchmark:
         art("benchmarks/stability_{rep}.tsv")
+    priority: PRIO_CLASSES
     conda:
         R2D_ENV
     threads: config["threads"]
@@ -49,6 +50,7 @@ rule stability:
         art("logs/stability.log"),
     benchmark:
         art("benchmarks/stability.tsv")
+    priority: PRIO_CLASSES
     conda:
         R2D_ENV
     threads: 1

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 def add_args(p):
     p.add_argument("input", nargs="?", default=None,
-                   help="projection file (.h5, dataset 'proj'); with --mra not needed")
+                   help="projection file (.h5, dataset 'proj'); with --mra not needed; with --ncls 1 any "
+                        "r2d table of particles (e.g. input_fp.h5): every particle listed goes to class 0")
     p.add_argument("-o", "--output", required=True, help="classmx file (.h5)")
     p.add_argument("--ncls", type=int, required=True, help="number of classes")
     p.add_argument("--minchange", type=int, default=-1, help="stop when fewer change class (≤0: auto)")
@@ -67,8 +68,11 @@ def main(args):
     if not args.input:
         raise InputError("classify: give the projection file (k-means), or --mra mra_YY.h5")
     data = io.read_matrix(args.input)
-    proj = data["proj"]
     particle = data["particle"]
+    if "proj" not in data and args.ncls != 1:
+        raise InputError(f"{args.input}: no 'proj' dataset; give a projection file (input_fp_basis_proj, "
+                         "input_YY_proj), or --ncls 1 to put every listed particle in one class")
+    proj = data["proj"] if "proj" in data else np.zeros((len(particle), 1), dtype=np.float32)
     use = ~np.isin(particle, read_exclude(args.exclude))
     if "score" in data:  # excluded and bad particles have no finite simmx score
         use &= np.isfinite(data["score"])
