@@ -481,3 +481,27 @@ def test_class_averages_start_from_a_prior(projector):
                                                             res.mirror[:120]))
     assert np.mean(np.abs((rel[0] + 180) % 360 - 180) < 3) > 0.9 and np.all(rel[3] == 0)
     assert np.mean(np.hypot(rel[1] - np.rint(np.median(rel[1])), rel[2] - np.rint(np.median(rel[2]))) < 1) > 0.9
+
+
+def test_settled_classes_are_those_whose_members_stopped_moving():
+    """_settled: a class counts as settled when at most 2 % of its members moved more than
+    0.5 px (shift plus the rotation's arc at a quarter of the box, or a mirror change) and at
+    most max(2, 2 %) changed their kept flag; each class is judged on its own members."""
+    from r2d.average import _members, _settled
+
+    label = np.repeat(np.arange(4), 100)
+    m = _members(label, 4, None)
+    n = 64
+    before = [np.zeros(400) for _ in range(4)]
+    after = [p.copy() for p in before]
+    after[1][:] = 0.1                 # every member shifts 0.1 px: settled
+    after[1][100:103] = 2.0           # class 1: 3 % moved 2 px: not settled
+    after[0][200:202] = 1.0           # class 2: 2 of 100 turned 1° (0.1 + 0.28 px)
+    after[0][202] = 5.0               # ...and one 5° (1.4 px): 1 % moved, settled
+    after[3][300:303] = 1.0           # class 3: 3 mirror changes: not settled
+    use0 = np.ones(400, dtype=bool)
+    use1 = use0.copy()
+    use1[:2] = False                  # class 0: two kept-set changes are allowed
+    assert _settled(m, n, before, after, use0, use1).tolist() == [True, False, True, False]
+    use1[2] = False                   # a third is not
+    assert _settled(m, n, before, after, use0, use1).tolist() == [False, False, True, False]
