@@ -5,9 +5,10 @@
 Data and run: ``benchmarks/pipeline.py`` with ``--junk`` (every kind: noise, blobs, aggregates,
 carbon edges, fragments), the 70S map (or ``--phantom``), 64 px, SNR 0.1 in the disc of
 0.4 x box by default, 32 classes, 8 iterations, defaults. Then ``r2d select RUN --auto`` with
-its defaults. Prints the view error of the good particles, the class sizes (classes with at
-least 5 members, the largest over the mean) and, per kind, the share ``--auto`` keeps (good
-particles) or drops (junk). Skips cleanly without ../shared unless ``--phantom``.
+its defaults, with ``--unstable-z 1`` and with ``--junk-p 1`` (whole classes only). Prints the
+view error of the good particles, the class sizes (classes with at least 5 members, the largest
+over the mean) and, per kind, the share each selection keeps (good particles) or drops (junk).
+Skips cleanly without ../shared unless ``--phantom``.
 
   $ .venv/bin/python benchmarks/cleaning.py --junk 0.25 --data-seed 21 --workdir /tmp/r2d-junk21
 """
@@ -70,19 +71,25 @@ def main() -> int:
     sizes = sizes[sizes > 0]
     print(f"\nclasses: {len(sizes)} non-empty, {int((sizes >= 5).sum())} with at least 5 members; "
           f"largest {sizes.max()} = {sizes.max() / sizes.mean():.2f} x the mean")
-    sel = wd / "selected.star"
-    subprocess.run([BIN / "r2d", "select", str(wd / "run"), "--auto", "-o", str(sel)], check=True,
-                   capture_output=True)
-    kept = np.zeros(run.n, dtype=bool)
-    kept[selected_indices(sel)] = True
-    print(f"\n{'kind':12s} {'particles':>9s} {'--auto':>14s}")
-    for k in ["particle", *sorted(set(kind) - {"particle"})]:
-        m = kind == k
-        share = kept[m].mean() if k == "particle" else 1 - kept[m].mean()
-        print(f"{k:12s} {int(m.sum()):9d} {share:8.1%} {'kept' if k == 'particle' else 'dropped'}")
+    variants = {"--auto": [], "--unstable-z 1": ["--unstable-z", "1"], "classes only": ["--junk-p", "1"]}
+    kept = {}
+    for name, extra in variants.items():
+        sel = wd / ("selected.star" if not extra else f"selected_{extra[0].strip('-')}.star")
+        subprocess.run([BIN / "r2d", "select", str(wd / "run"), "--auto", *extra, "-o", str(sel)], check=True,
+                       capture_output=True)
+        kept[name] = np.zeros(run.n, dtype=bool)
+        kept[name][selected_indices(sel)] = True
+    print("\nkept (good particles) or dropped (junk): r2d select --auto, with --unstable-z 1, and with "
+          "--junk-p 1 (whole classes, no particle step)")
+    print(f"{'kind':12s} {'particles':>9s} " + " ".join(f"{n:>14s}" for n in variants))
     junk = kind != "particle"
+    rows = [(k, kind == k) for k in ["particle", *sorted(set(kind) - {"particle"})]]
     if junk.any():
-        print(f"{'all junk':12s} {int(junk.sum()):9d} {1 - kept[junk].mean():8.1%} dropped")
+        rows.append(("all junk", junk))
+    for k, m in rows:
+        shares = [kept[n][m].mean() if k == "particle" else 1 - kept[n][m].mean() for n in variants]
+        print(f"{k:12s} {int(m.sum()):9d} " + " ".join(f"{s:14.1%}" for s in shares)
+              + f"  {'kept' if k == 'particle' else 'dropped'}")
     return 0
 
 

@@ -5,7 +5,7 @@ Works on the exports of a run (``r2d export``, or the workflow's ``{path}/export
 + ``class_averages.mrcs`` in the same folder. Class numbers are 1-based (``rlnClassNumber``);
 particles with class 0 (not classified) are never selected.
 
-**Automatic selection** (``--auto``) has two steps.
+**Automatic selection** (``--auto``) has three steps.
 
 1. *Classes.* Every class ``k`` (``N_k`` particles) gets three terms, base-2 logarithms
    relative to the *typical* class, the particle-weighted median over all classes (the value of
@@ -41,18 +41,25 @@ particles with class 0 (not classified) are never selected.
    left out); classes with ``S_k >= threshold`` are kept (default −1). The class table names,
    for each dropped class, the terms that brought it below the threshold. ``--score contrast``,
    ``resolution``, ``count`` or ``stability`` ranks by one term alone.
-2. *Particles.* Within each kept class, particles whose score against the class average
+2. *Particles, one by one* (``r2d.junk``). A classifier learns, from each particle's image and
+   its ``r2dScore``, to tell the members of the dropped classes from those of the kept ones;
+   every particle whose junk likelihood is at least ``--junk-p`` (default 0.7) is dropped and
+   every other one kept, whatever its class's decision. Junk that shares a class with good
+   particles goes, and good particles of a class dropped for its size or stability stay.
+   ``--exclude-classes`` and ``--min-stability`` still drop whole classes; ``--junk-p 1``
+   turns this step off (whole classes only).
+3. *Outliers.* Within each class, selected particles whose score against the class average
    (``r2dScore``, lower is better) lies more than ``outlier_z`` robust standard deviations
-   (1.4826 × median absolute deviation) above the class median are dropped (default 3; junk that
-   k-means put into a good class). ``--outlier-z 0`` turns this off.
+   (1.4826 × median absolute deviation) above the class median are dropped (default 3).
+   ``--outlier-z 0`` turns this off.
 
 ``--unstable-z Z`` (off by default) also drops, in the kept classes, the particles that agreed
 with none of the stability repeats (``r2dStability`` 0) and score more than ``Z`` robust σ worse
 than their class median: junk neither fits its class nor aligns the same way twice.
 
-These rules and constants are heuristics. At realistic SNR junk spreads over the good
-classes, where the class score cannot see it (``docs/benchmarks.md``, "Cleaning a data set
-with junk"). Look at the class table before trusting it.
+These rules and constants are heuristics, measured on simulated junk (``docs/benchmarks.md``,
+"Cleaning a data set with junk"). Look at the class table (its "selected" and "why" columns)
+before trusting them.
 """
 
 from __future__ import annotations
@@ -331,8 +338,17 @@ def write_subset(src_star: Path, mask: np.ndarray, out_star, *, mrcs=None, paths
 
 
 def format_table(table: ClassTable | None, counts: dict, keep: list[int],
-                 threshold: float = DEFAULT_THRESHOLD) -> str:
-    """The per-class report printed by ``r2d select``: numbers, terms, score and the decision."""
+                 threshold: float = DEFAULT_THRESHOLD, kept_counts: dict | None = None) -> str:
+    """The per-class report printed by ``r2d select``: numbers, terms, score and the decision
+    (``kept_counts``: particles selected per class, a column after the class decision)."""
+    if kept_counts is not None:
+        rows = format_table(table, counts, keep, threshold).splitlines()
+        width = len(rows[0].split("kept")[0]) + 4 if table is not None else len(rows[0])
+        out = [rows[0][:width] + "  selected" + rows[0][width:]]
+        for row in rows[1:]:
+            k = int(row.split()[0])
+            out.append(row[:width] + f"  {kept_counts.get(k, 0):8d}" + row[width:])
+        return "\n".join(out)
     lines = []
     if table is not None:
         names = [t for t in ("contrast", "resolution", "count", "stability") if t in table.terms]

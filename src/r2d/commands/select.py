@@ -10,9 +10,14 @@ particles. The class table (particles, resolution, contrast, score, kept) is pri
 average, particle count and, when the export has ``r2dStability``, stability, relative to the
 typical class; a small class as stable as a typical one, with typical contrast, is not marked
 down for its size) is at least ``--threshold`` (default -1, i.e. about half as good as the
-typical class; ``--score`` picks a single criterion), then drops particles whose score against
-their class average is an outlier (more than ``--outlier-z`` robust standard deviations worse
-than the class median; default 3). The class table says why each class was dropped.
+typical class; ``--score`` picks a single criterion). Then it judges each particle on its own
+(``r2d.junk``): a classifier that the class decisions teach gives every particle a junk
+likelihood from its image and its score, and the particles at or above ``--junk-p`` (default
+0.7) are dropped, whichever class they are in; a good particle in a dropped class is kept, junk
+in a kept class is dropped (``--junk-p 1``: off, the class decisions alone). Last it drops
+particles whose score against their class average is an outlier (more than ``--outlier-z``
+robust standard deviations worse than the class median; default 3). The class table says why
+each class was dropped and how many of its particles were kept.
 
 ``--min-stability S`` drops the classes whose stability (``r2dStability``, from the workflow's
 stability repeats) is below S; ``--unstable-z Z`` drops the particles that agreed with no
@@ -35,6 +40,7 @@ import numpy as np
 
 from r2d.errors import ConfigError, UserError
 from r2d.export import PATH_MODES
+from r2d.junk import JUNK_P
 from r2d.rebalance import DEFAULT_GROUP_CCC
 from r2d.select import (DEFAULT_OUTLIER_Z, DEFAULT_THRESHOLD, SCORES, class_column, format_table,
                         load_class_averages,
@@ -55,6 +61,10 @@ def add_args(p):
     p.add_argument("--outlier-z", type=float, default=None,
                    help=f"drop particles scoring more than Z robust σ worse than their class median "
                         f"(default {DEFAULT_OUTLIER_Z:g} with --auto, off otherwise; 0 = off)")
+    p.add_argument("--junk-p", type=float, default=JUNK_P, metavar="P",
+                   help="--auto: drop particles whose junk likelihood (r2d.junk: from the image and the "
+                        "score, taught by the class decisions) is at least P (default %(default)s; 1 = off, "
+                        "keep whole classes)")
     p.add_argument("--unstable-z", type=float, default=None, metavar="Z",
                    help="also drop particles of the kept classes that agreed with no stability repeat "
                         "(r2dStability 0) and score more than Z robust σ worse than their class median, e.g. 1")
@@ -83,6 +93,8 @@ def _check(args):
         raise ConfigError(f"--rebalance {args.rebalance}: the cap must be at least 1 particle per view group")
     if not -1 <= args.rebalance_ccc <= 1:
         raise ConfigError(f"--rebalance-ccc {args.rebalance_ccc}: a correlation coefficient, in [-1, 1]")
+    if not 0 < args.junk_p <= 1:
+        raise ConfigError(f"--junk-p {args.junk_p}: a probability in (0, 1]; 1 turns the particle step off")
     if args.rebalance_groups is not None and args.rebalance_groups < 1:
         raise ConfigError(f"--rebalance-groups {args.rebalance_groups}: need at least 1 group")
 
@@ -108,6 +120,37 @@ def _rebalance(args, ca, cls, mask):
     return mask & kept, "\n".join(lines)
 
 
+def _particle_step(args, src, parts, cls, table, barred_classes, mask):
+    """``--auto``'s particle step (``r2d.junk``): the mask after the junk likelihood, and a note.
+    No particle of ``barred_classes`` (``--exclude-classes``, ``--min-stability``) is selected."""
+    from r2d import io
+    from r2d.errors import InputError
+    from r2d.junk import junk_probability, stack_features
+
+    if "r2dScore" not in parts:
+        raise UserError(f"{src}: no r2dScore column for --auto's particle step; re-run r2d export (or --junk-p 1)")
+    try:
+        stack = io.open_stack(src)
+    except InputError as e:
+        raise InputError(f"{e}\n--auto's particle step reads the particle images; make them readable from "
+                         f"{src}, or use --junk-p 1 to select by class alone") from None
+    auto_keep = select_classes(cls, table=table, auto=True, threshold=args.threshold)
+    classified = cls >= 1
+    X = np.column_stack([parts["r2dScore"].to_numpy(dtype=float), stack_features(stack)])
+    dropped = ~np.isin(cls, auto_keep)
+    p = junk_probability(X[classified], dropped[classified], args.junk_p)
+    if p is None:
+        return mask, ("particle step skipped: the class step kept or dropped too few particles to learn "
+                      "from; whole classes selected")
+    junk = np.zeros(len(cls), dtype=bool)
+    junk[classified] = p >= args.junk_p
+    new = classified & ~junk & ~np.isin(cls, list(barred_classes))
+    n_out = int((mask & ~new).sum())
+    n_in = int((new & ~mask).sum())
+    return new, (f"particle step (junk likelihood): dropped {n_out} particles of the kept classes (at least "
+                 f"{args.junk_p:g}) and kept {n_in} of the dropped classes (below it)")
+
+
 def main(args):
     from r2d.export import read_star_tables
 
@@ -127,16 +170,21 @@ def main(args):
                               stability=class_column(src, "r2dStability", args.class_averages))
     keep = select_classes(cls, classes=parse_classes(args.classes), exclude=parse_classes(args.exclude_classes),
                           table=table, auto=args.auto, threshold=args.threshold)
+    barred = set(parse_classes(args.exclude_classes))
     if args.min_stability is not None:
         stab = class_column(src, "r2dStability", args.class_averages)
         if stab is None:
             raise UserError(f"{src}: no r2dStability in class_averages.star for --min-stability; run the workflow "
                             "with stability on (the default) or r2d export --stability")
-        low = [k for k in keep if k <= len(stab) and not stab[k - 1] >= args.min_stability]
+        barred |= {k for k in counts if k <= len(stab) and not stab[k - 1] >= args.min_stability}
+        low = [k for k in keep if k in barred]
         keep = [k for k in keep if k not in low]
         print(f"stability below {args.min_stability:g}: classes " + (", ".join(
             f"{k} ({stab[k - 1]:.2f})" for k in low) or "none"))
     mask = np.isin(cls, keep) & (cls >= 1)
+    junk_note = None
+    if args.auto and args.junk_p < 1:
+        mask, junk_note = _particle_step(args, src, parts, cls, table, barred, mask)
     if args.drop_excluded:
         if "r2dExcluded" not in parts:
             raise UserError(f"{src}: no r2dExcluded column for --drop-excluded; re-run r2d export")
@@ -158,8 +206,11 @@ def main(args):
                                parts["r2dStability"].to_numpy(dtype=float), args.unstable_z) & mask
         n_unstable = int(out.sum())
         mask &= ~out
-    print(format_table(table, counts, keep, args.threshold))
+    kept_counts = {int(k): int(v) for k, v in zip(*np.unique(cls[mask], return_counts=True))}
+    print(format_table(table, counts, keep, args.threshold, kept_counts=kept_counts))
     print(f"kept {len(keep)} of {len(counts)} classes: {', '.join(map(str, keep)) or '-'}")
+    if junk_note:
+        print(junk_note)
     if z > 0:
         print(f"dropped {n_out} particles scoring more than {z:g} robust σ worse than their class median")
     if args.unstable_z is not None:
