@@ -68,3 +68,14 @@ def test_too_few_labels_on_either_side_gives_none():
     assert junk.junk_probability(X, np.zeros(100, bool)) is None
     assert junk.junk_probability(X, np.arange(100) < junk.MIN_LABELS - 1) is None
     assert junk.junk_probability(X, np.arange(100) < 30) is not None
+
+
+def test_stack_features_are_the_same_bytes_whatever_the_block(tmp_path):
+    from r2d import io
+
+    imgs, _ = sim.simulate(map_volume("phantom"), 70, 48, 6.0, snr=0.3, seed=4)
+    io.write_mrcs(tmp_path / "p.mrcs", imgs, 6.0)
+    stack = io.open_stack(tmp_path / "p.mrcs")
+    whole = junk.stack_features(stack)
+    np.testing.assert_array_equal(junk.stack_features(stack, block=16), whole)
+    np.testing.assert_array_equal(whole, junk.image_features(imgs))

@@ -93,12 +93,17 @@ def image_features(images: np.ndarray) -> np.ndarray:
     return np.column_stack(ratios + [power[CUTOFFS[0]], power[CUTOFFS[-1]], out["profile"], out["centroid"]])
 
 
-def stack_features(stack, block: int = 4096) -> np.ndarray:
-    """:func:`image_features` of every image of ``stack`` (an ``r2d.io`` Stack), read in blocks."""
+def stack_features(stack, block: int | None = None) -> np.ndarray:
+    """:func:`image_features` of every image of ``stack`` (an ``r2d.io`` Stack), read in blocks
+    of ``block`` images (default ``r2d.io.blocks.image_block``: 64 MiB of images)."""
+    from r2d.io.blocks import image_block
+
+    block = block or image_block(stack.box)
     parts = []
     for lo in range(0, stack.n, block):
         parts.append(image_features(stack.read(slice(lo, min(stack.n, lo + block)))))
-        log.info("junk features: particles %d-%d of %d", lo + 1, min(stack.n, lo + block), stack.n)
+        if (lo // block) % 20 == 19 or lo + block >= stack.n:
+            log.info("junk features: %d of %d particles", min(stack.n, lo + block), stack.n)
     return np.concatenate(parts)
 
 
