@@ -341,29 +341,27 @@ def format_table(table: ClassTable | None, counts: dict, keep: list[int],
                  threshold: float = DEFAULT_THRESHOLD, kept_counts: dict | None = None) -> str:
     """The per-class report printed by ``r2d select``: numbers, terms, score and the decision
     (``kept_counts``: particles selected per class, a column after the class decision)."""
-    if kept_counts is not None:
-        rows = format_table(table, counts, keep, threshold).splitlines()
-        width = len(rows[0].split("kept")[0]) + 4 if table is not None else len(rows[0])
-        out = [rows[0][:width] + "  selected" + rows[0][width:]]
-        for row in rows[1:]:
-            k = int(row.split()[0])
-            out.append(row[:width] + f"  {kept_counts.get(k, 0):8d}" + row[width:])
-        return "\n".join(out)
+    head = "  kept  selected" if kept_counts is not None else "  kept"
+
+    def decision(k: int) -> str:
+        sel = f"  {kept_counts.get(k, 0):8d}" if kept_counts is not None else ""
+        return f"  {'yes ' if k in keep else 'no  '}{sel}"
+
     lines = []
     if table is not None:
         names = [t for t in ("contrast", "resolution", "count", "stability") if t in table.terms]
         stab = table.stability is not None
         lines.append(f"{'class':>5} {'particles':>9} {'res(Å)':>7} {'contrast':>8} "
                      + (f"{'stability':>9} " if stab else "")
-                     + " ".join(f"{'t_' + t[:5]:>8}" for t in names) + f" {'score':>6}  kept  why")
+                     + " ".join(f"{'t_' + t[:5]:>8}" for t in names) + f" {'score':>6}{head}  why")
         for k, m, r, c, terms, s in sorted(table.rows(), key=lambda row: -row[5]):
             i = k - 1
             lines.append(f"{k:5d} {counts.get(k, 0):9d} {r if np.isfinite(r) else float('nan'):7.1f} {c:8.2f} "
                          + (f"{table.stability[i]:9.2f} " if stab else "")
                          + " ".join(f"{terms[t]:8.2f}" for t in names)
-                         + f" {s:6.2f}  {'yes ' if k in keep else 'no  '}  {table.reason(i, k in keep, threshold)}")
+                         + f" {s:6.2f}{decision(k)}  {table.reason(i, k in keep, threshold)}")
     else:
-        lines.append(f"{'class':>5} {'particles':>9}  kept")
+        lines.append(f"{'class':>5} {'particles':>9}{head}")
         for k in sorted(counts):
-            lines.append(f"{k:5d} {counts[k]:9d}  {'yes' if k in keep else 'no'}")
+            lines.append(f"{k:5d} {counts[k]:9d}{decision(k)}")
     return "\n".join(lines)
