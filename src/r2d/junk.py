@@ -78,19 +78,20 @@ def image_features(images: np.ndarray) -> np.ndarray:
     k = len(F)
     tiny = 1e-30
     full = sfft.irfft2(F, s=(m, m)).reshape(k, -1).var(axis=1) + tiny
-    ratios, power, out = [], {}, {}
+    ratios, power = [], []
     for c in CUTOFFS:
         lp = sfft.irfft2(F * (fr < c), s=(m, m))
         ratios.append(np.log((lp[:, disc].var(axis=1) + tiny) / (lp[:, corners].var(axis=1) + tiny)))
-        power[c] = np.log(lp.reshape(k, -1).var(axis=1) / full + tiny)
+        if c in (CUTOFFS[0], CUTOFFS[-1]):
+            power.append(np.log(lp.reshape(k, -1).var(axis=1) / full + tiny))
         if c == PROFILE_CUTOFF:
             ring = np.minimum((rr / (m / 2) * PROFILE_BINS).astype(int), PROFILE_BINS)
             prof = np.stack([lp[:, ring == b].mean(axis=1) for b in range(PROFILE_BINS)], axis=1)
-            out["profile"] = prof / (np.sqrt((prof ** 2).sum(axis=1, keepdims=True)) + tiny)
+            profile = prof / (np.sqrt((prof ** 2).sum(axis=1, keepdims=True)) + tiny)
             w = np.abs(lp) * inner
             tot = w.sum(axis=(1, 2)) + tiny
-            out["centroid"] = np.hypot((w * u).sum(axis=(1, 2)) / tot, (w * v).sum(axis=(1, 2)) / tot) / m
-    return np.column_stack(ratios + [power[CUTOFFS[0]], power[CUTOFFS[-1]], out["profile"], out["centroid"]])
+            centroid = np.hypot((w * u).sum(axis=(1, 2)) / tot, (w * v).sum(axis=(1, 2)) / tot) / m
+    return np.column_stack(ratios + power + [profile, centroid])
 
 
 def stack_features(stack, block: int | None = None) -> np.ndarray:
